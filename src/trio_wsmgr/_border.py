@@ -1,0 +1,154 @@
+"""The border to trio-websocket's and wsproto's internals. Nothing else crosses it.
+
+trio-websocket (0.12) does not let a server accept with WebSocket extensions and
+does not show the whole handshake; wsproto does both. Each function here does
+one small thing the public APIs cannot, and ``tests/test_border.py`` pins every
+private attribute used, so an upgrade that moves one fails loudly there.
+
+What we touch (all on ``WebSocketConnection`` / ``WebSocketRequest``):
+
+=====================  ====================================================
+``request._connection`` the connection behind a request
+``request._event``      wsproto's ``Request`` event (host, extension offers)
+``conn._wsproto``       to accept with extensions (``AcceptConnection``)
+``conn._stream``        to put our :class:`~._transport.BufferedStream` under
+                        a connection that trio-websocket's own server made
+``conn._subprotocol``,  set as trio-websocket's own ``_accept`` sets them
+``conn._path``,
+``conn._open_handshake``
+``conn._send``          the locked write trio-websocket itself uses
+``conn._recv_channel``  how many received messages wait for the application
+``conn._max_message_size``
+=====================  ====================================================
+
+Data frames are encoded here too (:func:`encode_frame`), so that one broadcast
+is encoded once and its bytes shared by every socket.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Sequence
+
+import trio_websocket
+from wsproto.connection import ConnectionState
+from wsproto.events import AcceptConnection, CloseConnection
+from wsproto.extensions import Extension
+
+from ._transport import BufferedStream
+
+OPCODE_TEXT = 0x1
+OPCODE_BINARY = 0x2
+
+_pack_short = struct.Struct("!BBH").pack
+_pack_long = struct.Struct("!BBQ").pack
+
+
+def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False) -> bytes:
+    """One complete, unmasked (server to client) frame: header + ``payload``."""
+    first = 0x80 | opcode | (0x40 if rsv1 else 0)
+    size = len(payload)
+    if size < 126:
+        return bytes((first, size)) + payload
+    if size < 65536:
+        return _pack_short(first, 126, size) + payload
+    return _pack_long(first, 127, size) + payload
+
+
+def connection_of(request: trio_websocket.WebSocketRequest) -> trio_websocket.WebSocketConnection:
+    """The connection a request belongs to."""
+    conn = request._connection
+    assert isinstance(conn, trio_websocket.WebSocketConnection)
+    return conn
+
+
+def handshake_host(request: trio_websocket.WebSocketRequest) -> str:
+    """The ``Host`` header, which trio-websocket leaves out of ``request.headers``."""
+    return str(request._event.host)
+
+
+def extension_offers(request: trio_websocket.WebSocketRequest) -> list[str]:
+    """The client's ``Sec-WebSocket-Extensions`` offers, one string each."""
+    return [str(offer) for offer in request._event.extensions]
+
+
+def adopt_stream(conn: trio_websocket.WebSocketConnection) -> BufferedStream:
+    """Put a :class:`BufferedStream` under a connection made elsewhere; return it.
+
+    Safe only before the handshake is answered: nothing is writing yet, and the
+    reader task picks the new stream up on its next ``receive_some``.
+    """
+    current = conn._stream
+    if isinstance(current, BufferedStream):
+        return current
+    stream = BufferedStream(current)
+    conn._stream = stream
+    return stream
+
+
+def set_max_message_size(conn: trio_websocket.WebSocketConnection, size: int) -> None:
+    """Apply the manager's ``max_message_size`` to a connection made elsewhere."""
+    conn._max_message_size = size
+
+
+def pending_messages(conn: trio_websocket.WebSocketConnection) -> int:
+    """Received messages waiting for the application to read them."""
+    return int(conn._recv_channel.statistics().current_buffer_used)
+
+
+async def accept(
+    request: trio_websocket.WebSocketRequest,
+    *,
+    subprotocol: str | None,
+    extra_headers: list[tuple[bytes, bytes]],
+    extensions: Sequence[Extension],
+) -> trio_websocket.WebSocketConnection:
+    """``request.accept()``, but offering ``extensions`` to wsproto's negotiation.
+
+    wsproto keeps the extensions the client also offered (calling each one's
+    ``accept``) and frames later messages through them.
+    """
+    conn = connection_of(request)
+    if not extensions:
+        return await request.accept(subprotocol=subprotocol, extra_headers=extra_headers)
+    conn._subprotocol = subprotocol
+    conn._path = request.path
+    await conn._send(
+        AcceptConnection(
+            subprotocol=subprotocol, extra_headers=extra_headers, extensions=list(extensions)
+        )
+    )
+    conn._open_handshake.set()
+    return conn
+
+
+def send_failure_close_nowait(
+    conn: trio_websocket.WebSocketConnection, stream: BufferedStream
+) -> None:
+    """Tell the peer why, when trio-websocket drops a connection over a protocol error.
+
+    When wsproto finds a bad frame (invalid UTF-8 -> 1007, protocol error -> 1002,
+    an inflated message over the limit -> 1009) trio-websocket records the code
+    but closes the TCP connection without a close frame. Called as the stream
+    closes, this writes that close frame first (best effort, never blocking).
+    """
+    reason = conn.closed
+    if reason is None or conn._wsproto.state is not ConnectionState.OPEN:
+        return
+    try:
+        data = conn._wsproto.send(CloseConnection(code=reason.code, reason=reason.reason or ""))
+        stream.write_nowait(data)
+    except Exception:
+        return
+
+
+def send_close_nowait(
+    conn: trio_websocket.WebSocketConnection, stream: BufferedStream, code: int, reason: str
+) -> None:
+    """Write a close frame without waiting (best effort), for an abort."""
+    if conn._wsproto.state is not ConnectionState.OPEN:
+        return
+    try:
+        stream.write_nowait(conn._wsproto.send(CloseConnection(code=code, reason=reason)))
+    except Exception:
+        return

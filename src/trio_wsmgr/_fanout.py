@@ -1,0 +1,83 @@
+"""Fan-out: put one message on many sockets' send buffers.
+
+Shared by ``WebSocketManager.broadcast`` and the Broadcaster. The message is
+encoded once (:class:`~._message.Outgoing`); each socket with room gets it at
+once, synchronously (usually straight into the kernel, see
+:mod:`._transport`). Sockets whose buffer is full are handled by ``on_full``:
+
+``"wait"``  wait for room, all of them against one deadline
+            (``slow_consumer_timeout`` from now); a socket still full then is
+            closed with 1008 "slow consumer". The producer is held up at most
+            that long, however many sockets are slow.
+``"drop"``  skip them (counted in ``dropped`` on the socket and the manager).
+``"close"`` close them with 1008 at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Literal, TypeAlias
+
+import trio
+
+from ._config import CloseCode
+from ._exceptions import ConnectionClosed
+from ._message import Outgoing
+
+if TYPE_CHECKING:
+    from ._socket import ManagedSocket
+
+OnFull: TypeAlias = Literal["wait", "drop", "close"]
+ON_FULL_CHOICES = ("wait", "drop", "close")
+
+
+def check_on_full(on_full: str) -> None:
+    if on_full not in ON_FULL_CHOICES:
+        raise ValueError(f"on_full must be one of {ON_FULL_CHOICES}, not {on_full!r}")
+
+
+def deliver_nowait(
+    sockets: Iterable[ManagedSocket], outgoing: Outgoing, on_full: OnFull
+) -> tuple[int, list[ManagedSocket]]:
+    """Queue on every socket with room; return (count, sockets that were full).
+
+    With ``on_full`` "drop" or "close" the full ones are dealt with here and the
+    returned list is empty.
+    """
+    queued = 0
+    full: list[ManagedSocket] = []
+    for sock in sockets:
+        if sock.closed:
+            continue
+        if sock._stream.buffered < sock._manager.send_buffer_size:
+            try:
+                sock._put(outgoing)
+            except ConnectionClosed:
+                continue
+            queued += 1
+        elif on_full == "wait":
+            full.append(sock)
+        elif on_full == "drop":
+            sock._dropped += 1
+            sock._manager._count_dropped(1)
+        else:
+            sock._manager._count_slow_consumer()
+            sock.close_nowait(CloseCode.POLICY_VIOLATION, "slow consumer", discard_pending=True)
+    return queued, full
+
+
+async def deliver(sockets: Iterable[ManagedSocket], outgoing: Outgoing, on_full: OnFull) -> int:
+    """Queue ``outgoing`` on ``sockets``; return on how many it was queued."""
+    queued, full = deliver_nowait(sockets, outgoing, on_full)
+    if not full:
+        await trio.lowlevel.checkpoint()
+        return queued
+    deadline = trio.current_time() + full[0]._manager.slow_consumer_timeout
+    for sock in full:
+        try:
+            if await sock._wait_room(deadline):
+                sock._put(outgoing)
+                queued += 1
+        except ConnectionClosed:
+            continue
+    return queued

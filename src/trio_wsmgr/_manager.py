@@ -1,0 +1,650 @@
+"""WebSocketManager: admission, limits, heartbeats, the user index, broadcast, shutdown."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from contextlib import asynccontextmanager, contextmanager, suppress
+from functools import partial
+from types import MappingProxyType
+from typing import Any, Final, TypeAlias
+
+import attrs
+import trio
+import trio_websocket
+
+from . import _border
+from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
+from ._compression import Compression
+from ._config import CloseCode
+from ._exceptions import RequestRejected
+from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
+from ._heartbeat import run_heartbeat
+from ._message import DeflateCompressor, Outgoing
+from ._registry import Registry
+from ._socket import ManagedSocket
+from ._transport import BufferedStream
+
+logger = logging.getLogger("trio_wsmgr")
+
+Handler: TypeAlias = Callable[[ManagedSocket], Awaitable[object]]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+def _positive_number(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0 (math.inf means never), not {value!r}")
+
+
+def _limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be an int (or math.inf), not {value!r}")
+    if value < 1 or (isinstance(value, float) and not math.isinf(value)):
+        raise ValueError(f"{attribute.name} must be an int >= 1 or math.inf, not {value!r}")
+
+
+def _optional_callable(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not callable(value):
+        raise TypeError(f"{attribute.name} must be callable(request) or None, not {value!r}")
+
+
+def _compression(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and not isinstance(value, Compression):
+        raise TypeError(f"{attribute.name} must be a Compression(...) or None, not {value!r}")
+
+
+def _str_tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise TypeError(f"expected a list of strings, not the string {value!r}")
+    return tuple(value)
+
+
+@attrs.frozen
+class ManagerStatistics:
+    """A snapshot of the manager's counters (``manager.statistics()``)."""
+
+    open_sockets: int
+    handshaking: int
+    accepted: int
+    #: refused handshakes by cause: closing, full, origin, unauthenticated,
+    #: forbidden, per_address, per_user, bad_request, timeout, error
+    rejected: Mapping[str, int]
+    messages_in: int
+    messages_out: int
+    bytes_in: int
+    bytes_out: int
+    #: broadcast deliveries skipped because a socket's buffer was full
+    dropped: int
+    slow_consumer_closes: int
+    heartbeat_timeouts: int
+
+
+@attrs.frozen
+class Server:
+    """What ``await nursery.start(manager.serve, ...)`` returns."""
+
+    listeners: tuple[trio.SocketListener, ...]
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self.listeners[0].socket.getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        return str(self.listeners[0].socket.getsockname()[0])
+
+
+@attrs.define(kw_only=True, eq=False)
+class WebSocketManager:
+    """Accepts, tracks and closes the server side of WebSocket connections.
+
+    Every option is keyword-only and validated here; ``math.inf`` means "never"
+    or "no limit". See :doc:`/reference/manager` for each option's meaning and
+    :doc:`/topics/security` for every limit and close code.
+    """
+
+    max_connections: int | float = attrs.field(default=10_000, validator=_limit)
+    connection_timeout: float = attrs.field(default=10.0, validator=_positive_number)
+    heartbeat_interval: float = attrs.field(default=20.0, validator=_positive_number)
+    heartbeat_timeout: float = attrs.field(default=20.0, validator=_positive_number)
+    authentication: Authenticator | None = attrs.field(default=None, validator=_optional_callable)
+    compression: Compression | None = attrs.field(factory=Compression, validator=_compression)
+    protocols: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    allowed_origins: tuple[str, ...] | None = attrs.field(default=None, converter=_str_tuple)
+    max_message_size: int | float = attrs.field(default=1 << 20, validator=_limit)
+    send_buffer_size: int | float = attrs.field(default=256 * 1024, validator=_limit)
+    slow_consumer_timeout: float = attrs.field(default=1.0, validator=_positive_number)
+    close_timeout: float = attrs.field(default=5.0, validator=_positive_number)
+    max_incoming_queue: int | float = attrs.field(default=16, validator=_limit)
+    max_connections_per_user: int | float = attrs.field(default=math.inf, validator=_limit)
+    max_connections_per_address: int | float = attrs.field(default=math.inf, validator=_limit)
+    max_messages_per_second: float = attrs.field(default=math.inf, validator=_positive_number)
+    receive_buffer_size: int = attrs.field(default=16 * 1024, validator=_limit)
+
+    _registry: Registry[ManagedSocket] = attrs.field(init=False, factory=Registry)
+    _closing: bool = attrs.field(init=False, default=False)
+    _connection_scopes: set[trio.CancelScope] = attrs.field(init=False, factory=set)
+    _listener_scopes: set[trio.CancelScope] = attrs.field(init=False, factory=set)
+    _idle: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    _close_code: tuple[int, str] = attrs.field(init=False, default=(CloseCode.GOING_AWAY, ""))
+    _counts: dict[str, int] = attrs.field(init=False, factory=dict)
+    _rejected: dict[str, int] = attrs.field(init=False, factory=dict)
+
+    def __attrs_post_init__(self) -> None:
+        for name in self.protocols:
+            if not isinstance(name, str) or not name:
+                raise TypeError(f"protocols must be non-empty strings, not {name!r}")
+        if isinstance(self.max_message_size, float):
+            raise TypeError("max_message_size must be an int")
+        for key in [
+            "accepted",
+            "messages_in",
+            "messages_out",
+            "bytes_in",
+            "bytes_out",
+            "dropped",
+            "slow_consumer_closes",
+            "heartbeat_timeouts",
+        ]:
+            self._counts[key] = 0
+
+    # -- queries (the spec's getActiveConnections / getUserSockets) ---------------
+
+    def get_active_connections(self) -> int:
+        """How many sockets are open now."""
+        return len(self._registry)
+
+    def get_user_sockets(self, user_id: str) -> list[ManagedSocket]:
+        """The open sockets of ``user_id`` (O(number of them)); empty if none."""
+        return self._registry.user_sockets(user_id)
+
+    def users(self) -> list[str]:
+        """The user ids with at least one open socket."""
+        return self._registry.users()
+
+    def sockets(self) -> list[ManagedSocket]:
+        """Every open socket (a snapshot)."""
+        return self._registry.select(None)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    def statistics(self) -> ManagerStatistics:
+        counts = self._counts
+        return ManagerStatistics(
+            open_sockets=len(self._registry),
+            handshaking=self._registry.reserved,
+            accepted=counts["accepted"],
+            rejected=MappingProxyType(dict(self._rejected)),
+            messages_in=counts["messages_in"],
+            messages_out=counts["messages_out"],
+            bytes_in=counts["bytes_in"],
+            bytes_out=counts["bytes_out"],
+            dropped=counts["dropped"],
+            slow_consumer_closes=counts["slow_consumer_closes"],
+            heartbeat_timeouts=counts["heartbeat_timeouts"],
+        )
+
+    # -- broadcast --------------------------------------------------------------
+
+    async def broadcast(
+        self,
+        message: Any,
+        filter: Callable[[ManagedSocket], bool] | None = None,
+        *,
+        on_full: OnFull = "wait",
+    ) -> int:
+        """Queue ``message`` on every open socket for which ``filter(sock)`` is true.
+
+        Returns on how many sockets it was queued. The message is encoded once.
+        Full send buffers are handled by ``on_full`` (see :mod:`trio_wsmgr`'s
+        backpressure topic): by default the call waits for room at most
+        ``slow_consumer_timeout`` in all, then closes the sockets still full
+        with 1008.
+        """
+        check_on_full(on_full)
+        outgoing = Outgoing(message)
+        return await deliver(self._registry.select(filter), outgoing, on_full)
+
+    def broadcast_nowait(
+        self,
+        message: Any,
+        filter: Callable[[ManagedSocket], bool] | None = None,
+        *,
+        on_full: OnFull = "drop",
+    ) -> int:
+        """Like :meth:`broadcast` but never waits: full sockets are dropped or closed."""
+        if on_full == "wait":
+            raise ValueError("broadcast_nowait cannot wait: use on_full='drop' or 'close'")
+        check_on_full(on_full)
+        queued, _ = deliver_nowait(self._registry.select(filter), Outgoing(message), on_full)
+        return queued
+
+    # -- serving ------------------------------------------------------------------
+
+    async def serve(
+        self,
+        handler: Handler,
+        host: str | None,
+        port: int,
+        *,
+        ssl_context: Any = None,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` and run ``handler(sock)`` for every accepted socket.
+
+        Use with ``server = await nursery.start(manager.serve, handler, host, port)``.
+        Returns after :meth:`close` once every connection has ended; cancelling
+        it closes every connection with 1001 (bounded by ``close_timeout``).
+        """
+        if self._closing:
+            raise RuntimeError("this manager is closed")
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        served: list[trio.abc.Listener[Any]] = list(listeners)
+        if ssl_context is not None:
+            served = [trio.SSLListener(ln, ssl_context, https_compatible=True) for ln in listeners]
+        async with trio.open_nursery() as connections:
+            with trio.CancelScope() as accepting:
+                self._listener_scopes.add(accepting)
+                try:
+                    async with trio.open_nursery() as acceptors:
+                        await acceptors.start(
+                            partial(
+                                trio.serve_listeners,
+                                partial(self.serve_stream, handler),
+                                served,
+                                handler_nursery=connections,
+                            )
+                        )
+                        task_status.started(Server(tuple(listeners)))
+                finally:
+                    self._listener_scopes.discard(accepting)
+            for listener in served:
+                await trio.aclose_forcefully(listener)
+            connections.cancel_scope.deadline = min(
+                connections.cancel_scope.deadline, trio.current_time() + 2 * self.close_timeout
+            )
+
+    async def serve_stream(self, handler: Handler, stream: trio.abc.Stream) -> None:
+        """Run one connection over ``stream`` (a TCP stream or any trio Stream).
+
+        The whole life of a connection: handshake within ``connection_timeout``,
+        admission, the handler, and a bounded close. Never raises for the
+        peer's faults; a crashing handler is logged and closes with 1011.
+        """
+        buffered = BufferedStream(stream)
+        try:
+            with self._connection_scope() as scope, _unwrap_single_group():
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(buffered.run)
+                    sock = await self._handshake(buffered, nursery)
+                    if sock is None:
+                        nursery.cancel_scope.cancel()
+                        return
+                    await self._run_handler(sock, nursery, handler, scope)
+        finally:
+            with trio.CancelScope(shield=True):
+                await buffered.aclose()
+
+    async def _handshake(
+        self, buffered: BufferedStream, nursery: trio.Nursery
+    ) -> ManagedSocket | None:
+        with trio.move_on_after(self.connection_timeout) as timeout:
+            buffered.on_close.append(timeout.cancel)  # a failed handshake ends the wait
+            try:
+                request = await trio_websocket.wrap_server_stream(
+                    nursery,
+                    buffered,
+                    message_queue_size=int(self.max_incoming_queue),
+                    max_message_size=int(self.max_message_size),
+                    receive_buffer_size=self.receive_buffer_size,
+                )
+                return await self._admit(request, buffered, nursery=nursery)
+            except RequestRejected:
+                return None
+        if buffered.closed:
+            self._reject_count("bad_request")
+        else:
+            self._reject_count("timeout")
+        return None
+
+    async def _run_handler(
+        self,
+        sock: ManagedSocket,
+        nursery: trio.Nursery,
+        handler: Handler,
+        scope: trio.CancelScope,
+    ) -> None:
+        code: int = CloseCode.NORMAL
+        reason = ""
+        try:
+            await handler(sock)
+        except trio.Cancelled:
+            code, reason = self._close_code
+            raise
+        except Exception:
+            logger.exception("handler for %r failed", sock)
+            code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+        finally:
+            if self._closing:
+                code, reason = self._close_code
+            await self._final_close(sock, code, reason)
+            nursery.cancel_scope.cancel()
+
+    async def _final_close(self, sock: ManagedSocket, code: int, reason: str) -> None:
+        """The bounded close every connection ends with, even when cancelled."""
+        with trio.CancelScope(shield=True) as shield:
+            shield.deadline = trio.current_time() + self.close_timeout
+            await sock.close(code, reason)
+        if not sock._closed_event.is_set():
+            sock._stream.abort()
+
+    # -- accept (for users of trio-websocket's own server) -------------------------
+
+    @asynccontextmanager
+    async def accept(
+        self,
+        request: trio_websocket.WebSocketRequest,
+        *,
+        user_id: str | _Unset | None = UNSET,
+        subprotocol: str | _Unset | None = UNSET,
+        extra_headers: Sequence[tuple[bytes, bytes]] = (),
+        metadata: Mapping[str, Any] | None = None,
+    ) -> AsyncIterator[ManagedSocket]:
+        """Admit ``request`` and manage the socket for the duration of the block.
+
+        ``async with manager.accept(request) as sock:`` authenticates, checks the
+        limits and origin, negotiates subprotocol and compression, accepts and
+        registers; heartbeats and the send loop run until the block ends, then
+        the socket is closed (1000, or 1011 if the block raised). A refused
+        request gets its HTTP answer and :class:`~trio_wsmgr.RequestRejected` is
+        raised. ``user_id`` / ``subprotocol`` override authentication and
+        negotiation; ``extra_headers`` go into the 101 response.
+        """
+        conn = _border.connection_of(request)
+        _border.set_max_message_size(conn, int(self.max_message_size))
+        buffered = _border.adopt_stream(conn)
+        with self._connection_scope() as scope, _unwrap_single_group():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(buffered.run)
+                sock: ManagedSocket | None = None
+                with trio.move_on_after(self.connection_timeout):
+                    sock = await self._admit(
+                        request,
+                        buffered,
+                        nursery=nursery,
+                        user_id=user_id,
+                        subprotocol=subprotocol,
+                        extra_headers=list(extra_headers),
+                        metadata=metadata,
+                    )
+                if sock is None:
+                    self._reject_count("timeout")
+                    raise RequestRejected(408, "handshake timed out")
+                code: int = CloseCode.NORMAL
+                reason = ""
+                try:
+                    yield sock
+                except trio.Cancelled:
+                    code, reason = self._close_code
+                    raise
+                except BaseException:
+                    code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+                    raise
+                finally:
+                    if self._closing or scope.cancel_called:
+                        code, reason = self._close_code
+                    await self._final_close(sock, code, reason)
+                    nursery.cancel_scope.cancel()
+
+    # -- admission ------------------------------------------------------------------
+
+    async def _admit(
+        self,
+        request: trio_websocket.WebSocketRequest,
+        buffered: BufferedStream,
+        *,
+        nursery: trio.Nursery,
+        user_id: str | _Unset | None = UNSET,
+        subprotocol: str | _Unset | None = UNSET,
+        extra_headers: list[tuple[bytes, bytes]] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> ManagedSocket:
+        remote = _remote_of(buffered.inner)
+        address = remote[0] if remote is not None else None
+        info = HandshakeRequest(
+            path=request.path,
+            headers=_decode_headers(request.headers, _border.handshake_host(request)),
+            subprotocols=request.proposed_subprotocols,
+            remote=remote,
+            query=parse_query(request.path),
+        )
+        refusal = self._check_admission(info, address)
+        if refusal is not None:
+            await self._refuse(request, *refusal)
+        self._registry.reserve(address)
+        registered = False
+        try:
+            if isinstance(user_id, _Unset):
+                user_id = await self._authenticate(request, info)
+            if user_id is not None and self._registry.user_count(user_id) >= (
+                self.max_connections_per_user
+            ):
+                await self._refuse(request, 429, "per_user", "too many connections for this user")
+            if isinstance(subprotocol, _Unset):
+                subprotocol = self._select_subprotocol(info.subprotocols)
+            if self._closing:
+                await self._refuse(request, 503, "closing", "server is shutting down")
+            extension = None
+            if self.compression is not None and _border.extension_offers(request):
+                extension = self.compression.extension(max_message_size=int(self.max_message_size))
+            conn = await _border.accept(
+                request,
+                subprotocol=subprotocol,
+                extra_headers=list(extra_headers or ()),
+                extensions=[extension] if extension is not None else [],
+            )
+            sock = ManagedSocket(
+                manager=self,
+                conn=conn,
+                stream=buffered,
+                user_id=user_id,
+                subprotocol=subprotocol,
+                path=redact_path(request.path),
+                headers=info.headers,
+                remote=remote,
+                metadata=dict(metadata or {}),
+                compressor=(
+                    DeflateCompressor(extension)
+                    if extension is not None and extension.enabled()
+                    else None
+                ),
+            )
+            if buffered.closed:  # died while we were accepting
+                raise RequestRejected(400, "connection lost during the handshake")
+            sock._nursery = nursery
+            self._registry.add(sock, address)
+            registered = True
+            self._counts["accepted"] += 1
+            nursery.start_soon(
+                run_heartbeat,
+                sock,
+                self.heartbeat_interval,
+                self.heartbeat_timeout,
+                int(min(self.max_incoming_queue, 1 << 30)),
+            )
+            return sock
+        finally:
+            if not registered:
+                self._registry.release(address)
+
+    def _check_admission(
+        self, info: HandshakeRequest, address: str | None
+    ) -> tuple[int, str, str] | None:
+        """Decide synchronously whether a handshake may proceed: None, or a refusal."""
+        if self._closing:
+            return 503, "closing", "server is shutting down"
+        if self._registry.in_use >= self.max_connections:
+            return 503, "full", "too many connections"
+        if address is not None and self._registry.address_count(address) >= (
+            self.max_connections_per_address
+        ):
+            return 429, "per_address", "too many connections from this address"
+        if self.allowed_origins is not None:
+            origin = info.header("origin")
+            if origin is not None and origin not in self.allowed_origins:
+                return 403, "origin", "origin not allowed"
+        return None
+
+    async def _authenticate(
+        self, request: trio_websocket.WebSocketRequest, info: HandshakeRequest
+    ) -> str | None:
+        if self.authentication is None:
+            return None
+        try:
+            result = await maybe_await(self.authentication(info))
+        except RequestRejected as exc:
+            cause = "forbidden" if exc.status_code == 403 else "unauthenticated"
+            await self._refuse(request, exc.status_code, cause, exc.reason)
+        except trio.Cancelled:
+            raise
+        except Exception:
+            logger.exception("authentication failed with an error for %r", info)
+            await self._refuse(request, 500, "error", "authentication error")
+        if result is None:
+            await self._refuse(request, 401, "unauthenticated", "authentication required")
+        return str(result)
+
+    def _select_subprotocol(self, offered: Sequence[str]) -> str | None:
+        for name in self.protocols:
+            if name in offered:
+                return name
+        return None
+
+    async def _refuse(
+        self, request: trio_websocket.WebSocketRequest, status: int, cause: str, text: str
+    ) -> None:
+        self._reject_count(cause)
+        with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+            await request.reject(
+                status,
+                extra_headers=[(b"content-type", b"text/plain; charset=utf-8")],
+                body=text.encode(),
+            )
+        raise RequestRejected(status, text)
+
+    # -- shutdown -------------------------------------------------------------------
+
+    async def close(self, code: int = CloseCode.GOING_AWAY, reason: str = "") -> None:
+        """Stop accepting and close every socket with ``code``/``reason``.
+
+        New handshakes get 503 and ``serve`` stops listening. Every socket gets
+        its close frame at once, concurrently; after ``close_timeout`` whatever
+        has not finished its closing handshake is cancelled and dropped. Returns
+        when every connection task has ended. Safe to call more than once.
+        """
+        if not self._closing:
+            self._closing = True
+            self._close_code = (int(code), reason)
+        for scope in list(self._listener_scopes):
+            scope.cancel()
+        for sock in self._registry:
+            sock.close_nowait(*self._close_code)
+        with trio.move_on_after(self.close_timeout):
+            await self._wait_no_connections()
+        for scope in list(self._connection_scopes):
+            scope.cancel()
+        await self._wait_no_connections()
+
+    async def _wait_no_connections(self) -> None:
+        while self._connection_scopes:
+            await self._idle.park()
+
+    async def __aenter__(self) -> WebSocketManager:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    @contextmanager
+    def _connection_scope(self) -> Iterator[trio.CancelScope]:
+        with trio.CancelScope() as scope:
+            self._connection_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._connection_scopes.discard(scope)
+                if not self._connection_scopes:
+                    self._idle.unpark_all()
+
+    # -- counters (called by sockets and fan-out) --------------------------------------
+
+    def _unregister(self, sock: ManagedSocket) -> None:
+        self._registry.remove(sock)
+
+    def _reject_count(self, cause: str) -> None:
+        self._rejected[cause] = self._rejected.get(cause, 0) + 1
+        logger.debug("handshake refused: %s", cause)
+
+    def _count_in(self, size: int) -> None:
+        counts = self._counts
+        counts["messages_in"] += 1
+        counts["bytes_in"] += size
+
+    def _count_out(self, messages: int, size: int) -> None:
+        counts = self._counts
+        counts["messages_out"] += messages
+        counts["bytes_out"] += messages * size
+
+    def _count_dropped(self, messages: int) -> None:
+        self._counts["dropped"] += messages
+
+    def _count_slow_consumer(self) -> None:
+        self._counts["slow_consumer_closes"] += 1
+
+    def _count_heartbeat_timeout(self) -> None:
+        self._counts["heartbeat_timeouts"] += 1
+
+
+def _decode_headers(raw: Sequence[tuple[bytes, bytes]], host: str) -> tuple[tuple[str, str], ...]:
+    headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
+    headers.append(("host", host))
+    return tuple(headers)
+
+
+def _remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            return None
+        return str(peer[0]), int(peer[1])
+    return None
+
+
+@contextmanager
+def _unwrap_single_group() -> Iterator[None]:
+    """Re-raise the one real error of a nursery instead of an ExceptionGroup of one."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            inner = group.exceptions[0]
+            raise inner from inner.__cause__
+        raise
