@@ -1,0 +1,572 @@
+"""WebSocketPool: a client-side pool of WebSocket connections to one backend.
+
+Two layers. ``_health.PoolCore`` is the bookkeeping -- slot states, the idle stack (last used
+first), the FIFO of waiting acquirers, connect planning, idle reaping, the health state
+machine -- as plain synchronous code: it decides, and leaves lists of connects to start and
+connections to close. :class:`WebSocketPool`, here, does that I/O in the pool's nursery and
+does the waiting.
+
+Words used exactly:
+
+* **active**: checked out by a task (from ``acquire()`` until ``release()``), including while
+  ``acquire()`` validates it and after its socket died under its owner;
+* **idle**: open, in the pool, ready to be handed out;
+* **connecting** / **closing**: a connect or a close handshake in flight.
+
+Each of those holds one token of a :class:`trio.CapacityLimiter` of ``max_connections``
+tokens, taken before a connect starts and given back once the socket is closed *and* no task
+holds it, so ``active + idle + connecting + closing <= max_connections`` at every moment.
+"""
+
+from __future__ import annotations
+
+import random
+import ssl
+import urllib.parse
+from collections.abc import Generator, Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import attrs
+import trio
+import trio_websocket
+
+from . import _border
+from ._backoff import Backoff, count, instance_of, seconds
+from ._config import CloseCode
+from ._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
+from ._health import (
+    Connection,
+    HealthStatus,
+    HealthTracker,
+    PoolCore,
+    PoolStatistics,
+    Slot,
+    SlotState,
+    Waiter,
+)
+
+#: the errors that mean "this connection is broken" when they leave ``async with acquire()``
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    trio_websocket.ConnectionClosed,
+    trio_websocket.HandshakeError,
+    ConnectionClosed,
+    trio.BrokenResourceError,
+    trio.ClosedResourceError,
+    OSError,
+)
+#: close codes that are not worth reporting as errors when the backend closes a connection
+_CLEAN_CLOSE = (CloseCode.NORMAL, CloseCode.GOING_AWAY)
+
+
+# -- options ----------------------------------------------------------------------------------
+
+
+def _url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"url must be a str like 'ws://host:port/path', not {value!r}")
+    parts = urllib.parse.urlsplit(value)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise ValueError(f"url must be a ws:// or wss:// URL with a host, not {value!r}")
+
+
+def _headers(
+    value: Mapping[str | bytes, str | bytes] | Sequence[tuple[str | bytes, str | bytes]],
+) -> tuple[tuple[bytes, bytes], ...]:
+    items = value.items() if isinstance(value, Mapping) else value
+    if isinstance(items, str | bytes):
+        raise TypeError(f"extra_headers must be a mapping or (name, value) pairs, not {value!r}")
+
+    def raw(text: str | bytes) -> bytes:
+        if isinstance(text, str):
+            return text.encode("latin-1")
+        if isinstance(text, bytes):
+            return text
+        raise TypeError(f"extra_headers names and values must be str or bytes, not {text!r}")
+
+    return tuple((raw(name), raw(val)) for name, val in items)
+
+
+def _protocols(value: Sequence[str]) -> tuple[str, ...]:
+    if isinstance(value, str) or not all(isinstance(p, str) for p in value):
+        raise TypeError(f"subprotocols must be a list of strings, not {value!r}")
+    return tuple(value)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` leaves a connection broken or in an unknown state."""
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_connection_error(e) for e in exc.exceptions)
+    return isinstance(exc, CONNECTION_ERRORS) or not isinstance(exc, Exception)
+
+
+def _split_failure(exc: BaseException) -> tuple[Exception | None, BaseException | None]:
+    """Split what a connection task raised into (its first error, what must propagate)."""
+    if isinstance(exc, BaseExceptionGroup):
+        errors, rest = exc.split(Exception)
+        first: BaseException | None = errors
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        assert first is None or isinstance(first, Exception)
+        return first, rest
+    if isinstance(exc, Exception):
+        return exc, None
+    return None, exc
+
+
+def _task_alive(task: object) -> bool:
+    return not isinstance(task, trio.lowlevel.Task) or task.coro.cr_frame is not None
+
+
+@attrs.frozen
+class _Target:
+    """Where the pool connects, parsed once from its URL."""
+
+    host: str
+    port: int
+    #: the ``Host`` header: the URL's authority, brackets and explicit port included
+    host_header: str
+    #: path and query
+    resource: str
+    ssl_context: ssl.SSLContext | None
+
+    @classmethod
+    def parse(cls, url: str, ssl_context: ssl.SSLContext | None) -> _Target:
+        parts = urllib.parse.urlsplit(url)
+        secure = parts.scheme == "wss"
+        if secure and ssl_context is None:
+            ssl_context = ssl.create_default_context()
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        assert parts.hostname is not None  # checked by the url validator
+        return cls(
+            host=parts.hostname,
+            port=parts.port or (443 if secure else 80),
+            host_header=parts.netloc.rpartition("@")[2],
+            resource=resource,
+            ssl_context=ssl_context,
+        )
+
+
+# -- the pool ---------------------------------------------------------------------------------
+
+
+@attrs.define(eq=False, repr=False)
+class WebSocketPool:
+    """A pool of client WebSocket connections to ``url``, kept warm and checked before use.
+
+    Use it as ``async with pool:`` -- its nursery runs the connections' reader tasks, the
+    warm-up, idle reaping and health checks -- and take connections with ``async with
+    pool.acquire() as conn:`` (or ``conn = await pool.acquire()`` ... ``await
+    pool.release(conn)``). See :doc:`/howto/pooling` for a walk-through.
+
+    Leaving ``async with pool`` fails waiting acquirers with :exc:`~trio_wsmgr.PoolClosed`,
+    closes every connection with 1000 (waiting up to ``close_timeout``) and stops every task
+    the pool started. What the body raised comes out unchanged, not wrapped in an
+    ``ExceptionGroup``; connect errors never leave the pool, they show in
+    :meth:`get_health_status` and as the ``__cause__`` of :exc:`~trio_wsmgr.PoolTimeout`.
+    """
+
+    #: ``ws://`` or ``wss://`` URL of the backend
+    url: str = attrs.field(validator=_url)
+    #: hard cap on connections: active + idle + connecting + closing
+    max_connections: int = attrs.field(default=10, kw_only=True, validator=count(1))
+    #: opened when the pool starts, and re-opened while the backend is up
+    min_connections: int = attrs.field(default=1, kw_only=True, validator=count(0))
+    #: ``acquire()`` raises :exc:`PoolTimeout` after this many seconds
+    acquire_timeout: float = attrs.field(default=10.0, kw_only=True, validator=seconds)
+    #: idle connections above ``min_connections`` are closed after this many idle seconds
+    idle_timeout: float = attrs.field(default=300.0, kw_only=True, validator=seconds)
+    #: ping (and wait for the pong) before handing a connection out
+    validate_on_checkout: bool = attrs.field(
+        default=True, kw_only=True, validator=instance_of(bool, "a bool")
+    )
+    #: TCP + TLS + WebSocket handshake, per attempt
+    connect_timeout: float = attrs.field(default=10.0, kw_only=True, validator=seconds)
+    #: how long a validation or health ping waits for its pong
+    ping_timeout: float = attrs.field(default=5.0, kw_only=True, validator=seconds)
+    #: how long a close handshake may take before the TCP connection is just closed
+    close_timeout: float = attrs.field(default=5.0, kw_only=True, validator=seconds)
+    #: idle connections are pinged when idle this long (RTT figures, dead peer detection)
+    health_check_interval: float = attrs.field(default=30.0, kw_only=True, validator=seconds)
+    #: consecutive connect failures that turn the health state to DOWN
+    failure_threshold: int = attrs.field(default=3, kw_only=True, validator=count(1))
+    #: delays between reconnect attempts after failures
+    backoff: Backoff = attrs.field(
+        factory=Backoff, kw_only=True, validator=instance_of(Backoff, "a Backoff(...)")
+    )
+    #: TLS settings for ``wss://`` (``None``: the system's default context)
+    ssl_context: ssl.SSLContext | None = attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.optional(instance_of(ssl.SSLContext, "an ssl.SSLContext")),
+    )
+    #: sent with every handshake: a mapping or (name, value) pairs, str or bytes
+    extra_headers: tuple[tuple[bytes, bytes], ...] = attrs.field(
+        default=(), kw_only=True, converter=_headers
+    )
+    #: offered in every handshake, in order of preference
+    subprotocols: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_protocols)
+    #: larger incoming messages close the connection with 1009
+    max_message_size: int = attrs.field(default=1 << 20, kw_only=True, validator=count(1))
+    #: received messages buffered per connection before reading pauses
+    message_queue_size: int = attrs.field(default=1, kw_only=True, validator=count(0))
+    #: the random source of the back-off jitter
+    rng: random.Random = attrs.field(
+        factory=random.Random,
+        kw_only=True,
+        validator=instance_of(random.Random, "a random.Random"),
+    )
+
+    _core: PoolCore = attrs.field(init=False)
+    _target: _Target = attrs.field(init=False)
+    _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
+    _nursery_manager: Any = attrs.field(init=False, default=None)
+    _kick: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _warm: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _all_closed: trio.Event = attrs.field(init=False, factory=trio.Event)
+    _tasks: int = attrs.field(init=False, default=0)
+
+    def __attrs_post_init__(self) -> None:
+        if self.min_connections > self.max_connections:
+            raise ValueError(
+                f"min_connections ({self.min_connections}) must be <= "
+                f"max_connections ({self.max_connections})"
+            )
+        if self.ssl_context is not None and self.url.startswith("ws:"):
+            raise ValueError("ssl_context is only for wss:// URLs")
+        self._target = _Target.parse(self.url, self.ssl_context)
+        tracker = HealthTracker(self.failure_threshold, self.backoff, self.rng)
+        self._core = PoolCore(
+            max_connections=self.max_connections,
+            min_connections=self.min_connections,
+            idle_timeout=self.idle_timeout,
+            check_interval=self.health_check_interval,
+            health=tracker,
+            clock=trio.current_time,
+            alive=_task_alive,
+        )
+
+    def __repr__(self) -> str:
+        c = self._core
+        return (
+            f"<WebSocketPool {self.url} active={c.counts[SlotState.ACTIVE]}"
+            f" idle={c.counts[SlotState.IDLE]} waiting={len(c.waiters)}"
+            f" max={self.max_connections} {c.health.state.value}>"
+        )
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> WebSocketPool:
+        if self._nursery_manager is not None:
+            raise RuntimeError("a WebSocketPool can be entered only once")
+        self._nursery_manager = trio.open_nursery()
+        self._nursery = await self._nursery_manager.__aenter__()
+        try:
+            self._nursery.start_soon(self._maintain, name=f"{self!r} maintenance")
+            self._core.start()
+            self._flush()
+            await self._warm.wait()  # the first min_connections attempts, failed or not
+        except BaseException as exc:
+            if not await self.__aexit__(type(exc), exc, exc.__traceback__):
+                raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        assert self._nursery is not None
+        self._core.close()
+        self._flush()
+        with trio.move_on_after(self.close_timeout, shield=True):
+            await self._all_closed.wait()
+        self._nursery.cancel_scope.cancel()
+        try:
+            return bool(await self._nursery_manager.__aexit__(exc_type, exc, tb))
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            only = group.exceptions[0]
+            context = only.__context__
+            try:
+                raise only from only.__cause__
+            finally:
+                only.__context__ = context
+                del only, group
+
+    # -- the spec's methods -------------------------------------------------------------------
+
+    def acquire(self) -> _Acquire:
+        """Take a connection: ``async with pool.acquire() as conn:`` or ``await pool.acquire()``.
+
+        Serves the last used idle connection, else opens one while under ``max_connections``,
+        else waits its turn (first come, first served). With ``validate_on_checkout`` a
+        connection that does not answer a ping within ``ping_timeout`` is discarded and the
+        next one tried. Raises :exc:`PoolTimeout` after ``acquire_timeout`` (chained from the
+        last connect or ping error seen meanwhile), :exc:`PoolClosed` once the pool closes.
+
+        The ``async with`` form releases on exit, and discards the connection instead when the
+        block raised a connection error (:data:`CONNECTION_ERRORS`) or was cancelled: a
+        request abandoned half way leaves its reply on the wire for the next user.
+        """
+        return _Acquire(self)
+
+    async def release(self, conn: Connection, *, discard: bool = False) -> None:
+        """Give ``conn`` back; it is closed instead if ``discard`` or in an unknown state.
+
+        Unknown state: closed or closing, a failed health ping while checked out, or received
+        messages left unread. Releasing always happens, even when cancelled.
+        """
+        self.release_nowait(conn, discard=discard)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def release_nowait(self, conn: Connection, *, discard: bool = False) -> None:
+        """:meth:`release`, without the schedule point."""
+        slot = self._core.by_conn.get(conn)
+        if slot is None:
+            if self._core.closed:
+                return
+            raise ValueError(f"{conn} is not a connection of this pool")
+        reusable = not discard and conn.closed is None and _border.pending_messages(conn) == 0
+        self._core.checkin(slot, reusable=reusable)
+        self._flush()
+
+    def get_active_count(self) -> int:
+        """Connections checked out by tasks (between ``acquire()`` and ``release()``)."""
+        return self._core.counts[SlotState.ACTIVE]
+
+    def get_idle_count(self) -> int:
+        """Open connections in the pool, ready to be handed out."""
+        return self._core.counts[SlotState.IDLE]
+
+    def get_health_status(self) -> HealthStatus:
+        """A frozen snapshot of the backend's health; see :class:`HealthStatus`."""
+        c = self._core
+        return c.health.status(
+            active=c.counts[SlotState.ACTIVE], idle=c.counts[SlotState.IDLE], waiting=len(c.waiters)
+        )
+
+    def statistics(self) -> PoolStatistics:
+        """A frozen snapshot of the counts and lifetime counters."""
+        return self._core.statistics()
+
+    # -- acquire ------------------------------------------------------------------------------
+
+    async def _acquire(self) -> Connection:
+        if self._nursery is None:
+            raise RuntimeError("use `async with pool:` before acquiring connections")
+        core = self._core
+        await trio.lowlevel.checkpoint_if_cancelled()
+        started = trio.current_time()
+        owner = trio.lowlevel.current_task()
+        front = False
+        with trio.move_on_after(self.acquire_timeout):
+            while True:
+                got = core.checkout(owner, front=front)
+                self._flush()
+                if isinstance(got, Waiter):
+                    slot = await self._wait(got)
+                else:
+                    slot = got
+                    if not self.validate_on_checkout:
+                        await trio.lowlevel.cancel_shielded_checkpoint()
+                conn = slot.conn
+                assert conn is not None
+                if slot.dead or conn.closed is not None:  # died on its way to us
+                    core.checkin(slot, reusable=False)
+                    self._flush()
+                elif not self.validate_on_checkout or await self._validate(slot):
+                    return conn
+                front = True
+        health = core.health
+        recent = health.last_error_at is not None and health.last_error_at >= started
+        raise PoolTimeout(
+            f"no connection to {self.url} within acquire_timeout={self.acquire_timeout}s"
+            f" ({core.counts[SlotState.ACTIVE]} of max {self.max_connections} active,"
+            f" backend {health.state.value})"
+        ) from (health.last_error if recent else None)
+
+    async def _wait(self, waiter: Waiter) -> Slot:
+        try:
+            slot = await waiter.receive.receive()
+        except BaseException:
+            self._core.cancel_wait(waiter)
+            self._flush()
+            raise
+        if slot is None or slot.state is not SlotState.ACTIVE:
+            raise PoolClosed("the pool closed while waiting for a connection")
+        return slot
+
+    async def _validate(self, slot: Slot) -> bool:
+        try:
+            error, rtt = await self._ping(slot)
+        except BaseException:
+            self._core.checkin(slot, reusable=False)  # cancelled mid-ping: state unknown
+            self._flush()
+            raise
+        self._core.pinged(slot, error, rtt)
+        if error is not None:
+            self._core.checkin(slot, reusable=False)
+            self._flush()
+        return error is None
+
+    async def _ping(self, slot: Slot) -> tuple[BaseException | None, float]:
+        """Ping and wait for the pong: (None, round trip) or (the error, 0.0)."""
+        conn = slot.conn
+        assert conn is not None
+        start = trio.current_time()
+        with trio.move_on_after(self.ping_timeout) as scope:
+            slot.pings.add(scope)
+            try:
+                await conn.ping()
+            except trio_websocket.ConnectionClosed as exc:
+                return exc, 0.0
+            finally:
+                slot.pings.discard(scope)
+            return None, trio.current_time() - start
+        if conn.closed is not None:
+            return trio_websocket.ConnectionClosed(conn.closed), 0.0
+        return TimeoutError(f"no pong within ping_timeout={self.ping_timeout}s"), 0.0
+
+    # -- background ---------------------------------------------------------------------------
+
+    def _flush(self) -> None:
+        """Do the I/O the core decided on: start connects, ask connections to close."""
+        core = self._core
+        nursery = self._nursery
+        assert nursery is not None
+        while core.to_start:
+            slot = core.to_start.pop()
+            self._tasks += 1
+            nursery.start_soon(self._run_slot, slot, name=f"{self.url} connection {slot.id}")
+        while core.to_close:
+            slot = core.to_close.pop()
+            slot.close_requested.set()
+            if slot.conn is None:
+                slot.scope.cancel()
+        if core.needs_wake:
+            core.needs_wake = False
+            self._kick.set()
+        if core.counts[SlotState.CONNECTING] == 0:
+            self._warm.set()
+        if core.closed and self._tasks == 0:
+            self._all_closed.set()
+
+    async def _maintain(self) -> None:
+        """Reap idle connections, ping them, reclaim leaks, reconnect after back-off."""
+        nursery = self._nursery
+        assert nursery is not None
+        while True:
+            for slot in self._core.tick():
+                nursery.start_soon(self._health_check, slot)
+            self._flush()
+            with trio.move_on_at(self._core.wake_at):
+                await self._kick.wait()
+            self._kick = trio.Event()
+
+    async def _health_check(self, slot: Slot) -> None:
+        error, rtt = await self._ping(slot)
+        self._core.pinged(slot, error, rtt)
+        self._flush()
+
+    async def _run_slot(self, slot: Slot) -> None:
+        """One connection's task: connect, serve until it ends or is closed, report."""
+        error: BaseException | None = None
+        try:
+            with slot.scope:
+                try:
+                    await self._connection(slot)
+                except BaseException as exc:
+                    error, rest = _split_failure(exc)
+                    if rest is exc:
+                        raise
+                    if rest is not None:
+                        raise rest from None
+        finally:
+            self._tasks -= 1
+            for scope in slot.pings:
+                scope.cancel()
+            conn = slot.conn
+            closed = None if conn is None else conn.closed
+            if error is None and closed is not None and closed.code not in _CLEAN_CLOSE:
+                error = ConnectionClosed(closed.code, closed.reason or "")
+            self._core.ended(slot, error)
+            self._flush()
+
+    async def _connection(self, slot: Slot) -> None:
+        # We open the TCP (TLS) stream ourselves so that we can close it: trio-websocket's
+        # client leaves its stream open when the server is the one that closes.
+        stream: trio.SocketStream | trio.SSLStream[trio.SocketStream] | None = None
+        async with trio.open_nursery() as closer:
+            try:
+                # The reader task trio-websocket starts lives in this nursery, so leaving
+                # it means the connection is over.
+                async with trio.open_nursery() as reader:
+                    try:
+                        with trio.fail_after(self.connect_timeout):
+                            stream = await self._open_stream()
+                            conn = await trio_websocket.wrap_client_stream(
+                                reader,
+                                stream,
+                                self._target.host_header,
+                                self._target.resource,
+                                subprotocols=self.subprotocols,
+                                extra_headers=list(self.extra_headers),
+                                message_queue_size=self.message_queue_size,
+                                max_message_size=self.max_message_size,
+                            )
+                    except trio.TooSlowError as exc:
+                        raise TimeoutError(
+                            f"connecting to {self.url} took longer than"
+                            f" connect_timeout={self.connect_timeout}s"
+                        ) from exc
+                    closer.start_soon(self._close_when_asked, slot, conn)
+                    self._core.connected(slot, conn)
+                    self._flush()
+            finally:
+                closer.cancel_scope.cancel()
+                if stream is not None:
+                    await trio.aclose_forcefully(stream)
+
+    async def _open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
+        target = self._target
+        if target.ssl_context is None:
+            return await trio.open_tcp_stream(target.host, target.port)
+        return await trio.open_ssl_over_tcp_stream(
+            target.host, target.port, ssl_context=target.ssl_context, https_compatible=True
+        )
+
+    async def _close_when_asked(self, slot: Slot, conn: Connection) -> None:
+        await slot.close_requested.wait()
+        with trio.move_on_after(self.close_timeout):
+            await conn.aclose(CloseCode.NORMAL)
+        slot.scope.cancel()
+
+
+class _Acquire:
+    """What ``pool.acquire()`` returns: awaitable, and an async context manager."""
+
+    __slots__ = ("_conn", "_pool")
+
+    def __init__(self, pool: WebSocketPool) -> None:
+        self._pool = pool
+        self._conn: Connection | None = None
+
+    def __await__(self) -> Generator[Any, None, Connection]:
+        return self._pool._acquire().__await__()
+
+    async def __aenter__(self) -> Connection:
+        self._conn = await self._pool._acquire()
+        return self._conn
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self._conn is not None
+        conn, self._conn = self._conn, None
+        await self._pool.release(conn, discard=exc is not None and _is_connection_error(exc))
