@@ -184,6 +184,8 @@ class SlotState(enum.Enum):
     #: forgotten: its token is back, it is counted nowhere
     GONE = "gone"
 
+    __hash__ = object.__hash__  # members are singletons; Enum's hash(name) is slow
+
 
 @attrs.define(eq=False, repr=False)
 class Slot:
@@ -329,10 +331,11 @@ class PoolCore:
                 return  # the pool closed it already
             raise ValueError("the connection is not checked out (released twice?)")
         slot.owner = None
+        if reusable and not slot.dead and not slot.suspect and not self.closed:
+            self._give(slot)  # wants no new connect: no need to plan
+            return
         if slot.dead:
             self._forget(slot)
-        elif reusable and not slot.suspect and not self.closed:
-            self._give(slot)
         else:
             self.stats["discarded"] += 1
             self._close(slot)

@@ -114,6 +114,12 @@ def _split_failure(exc: BaseException) -> tuple[Exception | None, BaseException 
     return None, exc
 
 
+def _live_connection(slot: Slot) -> Connection | None:
+    """The slot's connection, unless it closed or died while on its way to an acquirer."""
+    conn = slot.conn
+    return None if slot.dead or conn is None or conn.closed is not None else conn
+
+
 def _task_alive(task: object) -> bool:
     return not isinstance(task, trio.lowlevel.Task) or task.coro.cr_frame is not None
 
@@ -359,27 +365,28 @@ class WebSocketPool:
             raise RuntimeError("use `async with pool:` before acquiring connections")
         core = self._core
         await trio.lowlevel.checkpoint_if_cancelled()
-        started = trio.current_time()
         owner = trio.lowlevel.current_task()
-        front = False
+        got = core.checkout(owner)
+        if isinstance(got, Slot) and not self.validate_on_checkout:
+            conn = _live_connection(got)
+            if conn is not None:
+                # The fast path: an idle hit decides nothing that needs I/O, nor a timeout.
+                await trio.lowlevel.cancel_shielded_checkpoint()
+                return conn
+        started = trio.current_time()
         with trio.move_on_after(self.acquire_timeout):
             while True:
-                got = core.checkout(owner, front=front)
                 self._flush()
-                if isinstance(got, Waiter):
-                    slot = await self._wait(got)
-                else:
-                    slot = got
-                    if not self.validate_on_checkout:
-                        await trio.lowlevel.cancel_shielded_checkpoint()
-                conn = slot.conn
-                assert conn is not None
-                if slot.dead or conn.closed is not None:  # died on its way to us
+                slot = await self._wait(got) if isinstance(got, Waiter) else got
+                conn = _live_connection(slot)
+                if conn is None:
                     core.checkin(slot, reusable=False)
-                    self._flush()
-                elif not self.validate_on_checkout or await self._validate(slot):
+                elif not self.validate_on_checkout:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
                     return conn
-                front = True
+                elif await self._validate(slot):
+                    return conn
+                got = core.checkout(owner, front=True)  # it keeps its turn
         health = core.health
         recent = health.last_error_at is not None and health.last_error_at >= started
         raise PoolTimeout(
@@ -409,7 +416,6 @@ class WebSocketPool:
         self._core.pinged(slot, error, rtt)
         if error is not None:
             self._core.checkin(slot, reusable=False)
-            self._flush()
         return error is None
 
     async def _ping(self, slot: Slot) -> tuple[BaseException | None, float]:
@@ -438,18 +444,18 @@ class WebSocketPool:
         nursery = self._nursery
         assert nursery is not None
         while core.to_start:
-            slot = core.to_start.pop()
+            slot = core.to_start.pop(0)
             self._tasks += 1
             nursery.start_soon(self._run_slot, slot, name=f"{self.url} connection {slot.id}")
         while core.to_close:
-            slot = core.to_close.pop()
+            slot = core.to_close.pop(0)
             slot.close_requested.set()
             if slot.conn is None:
                 slot.scope.cancel()
         if core.needs_wake:
             core.needs_wake = False
             self._kick.set()
-        if core.counts[SlotState.CONNECTING] == 0:
+        if not self._warm.is_set() and core.counts[SlotState.CONNECTING] == 0:
             self._warm.set()
         if core.closed and self._tasks == 0:
             self._all_closed.set()
