@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import math
 import random
+import shutil
+import ssl
 from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -22,6 +25,7 @@ import trio_websocket
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import require
 from trio_wsmgr._backoff import Backoff
 from trio_wsmgr._exceptions import PoolClosed, PoolTimeout
 from trio_wsmgr._health import HealthState, HealthTracker, PoolCore, Slot, SlotState, Waiter
@@ -33,8 +37,9 @@ from trio_wsmgr._pool import WebSocketPool
 class Backend:
     """An echo server; replies "close" with a server-side close (1001) and records clients."""
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext | None = None) -> None:
         self.port = 0
+        self.ssl_context = ssl_context
         self.requests: list[trio_websocket.WebSocketRequest] = []
         self.close_codes: list[int] = []
         self._scope = trio.CancelScope()
@@ -49,7 +54,7 @@ class Backend:
                     self._handle,
                     "127.0.0.1",
                     self.port,
-                    None,
+                    self.ssl_context,
                     connect_timeout=math.inf,  # autojump tests: no server-side timer may fire
                     disconnect_timeout=math.inf,
                 )
@@ -63,7 +68,8 @@ class Backend:
 
     @property
     def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}/rpc"
+        scheme = "ws" if self.ssl_context is None else "wss"
+        return f"{scheme}://127.0.0.1:{self.port}/rpc"
 
     async def _handle(self, request: trio_websocket.WebSocketRequest) -> None:
         self.requests.append(request)
@@ -465,8 +471,6 @@ def test_pool_options_are_validated_at_construction(
 
 
 def test_pool_rejects_a_non_websocket_url_and_ssl_context_for_ws() -> None:
-    import ssl
-
     with pytest.raises(ValueError, match="url"):
         WebSocketPool("http://127.0.0.1/")
     with pytest.raises(ValueError, match="ssl_context"):
@@ -525,6 +529,35 @@ async def test_pool_sends_headers_and_subprotocols_of_the_options(backend: Backe
     async with pool, pool.acquire() as conn:
         assert conn.subprotocol == "rpc.v2"
     assert (b"authorization", b"Bearer t0k") in backend.requests[0].headers
+
+
+async def test_pool_connects_over_tls_to_a_wss_backend(
+    nursery: trio.Nursery, tmp_path: Path
+) -> None:
+    require(shutil.which("openssl"), "the openssl command, to make a throwaway certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    await trio.run_process(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        capture_stdout=True, capture_stderr=True,
+    )  # fmt: skip
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    backend: Backend = await nursery.start(Backend(server_context).run)
+    client_context = ssl.create_default_context(cafile=str(cert))
+    async with make_pool(backend.url, ssl_context=client_context) as pool:
+        async with pool.acquire() as conn:
+            await conn.send_message("over tls")
+            assert await conn.get_message() == "over tls"
+        assert pool.get_health_status().state is HealthState.UP
+    untrusted = make_pool(backend.url, acquire_timeout=0.3, min_connections=0)
+    async with untrusted:  # the system's default context does not trust our certificate
+        with pytest.raises(PoolTimeout) as info:
+            await untrusted.acquire()
+        error = info.value.__cause__
+        assert isinstance(error, ConnectionError)
+        assert "certificate verify failed" in str(error)
 
 
 async def test_pool_acquire_times_out_when_all_connections_are_checked_out(
@@ -734,9 +767,17 @@ async def test_pool_exit_closes_connections_with_1000_and_fails_waiters(
 
 
 async def test_pool_exit_lets_the_body_error_out_unwrapped(backend: Backend) -> None:
-    with pytest.raises(KeyError):
+    async def body() -> None:
         async with make_pool(backend.url):
-            raise KeyError("mine")
+            try:
+                raise ValueError("while handling this")
+            except ValueError:
+                raise KeyError("mine")  # noqa: B904 - its context is what we check
+
+    with pytest.raises(KeyError) as info:
+        await body()
+    assert isinstance(info.value.__context__, ValueError)  # not the nursery's ExceptionGroup
+    assert not info.value.__suppress_context__
     await eventually(lambda: backend.close_codes == [1000])
 
 

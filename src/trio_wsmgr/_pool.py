@@ -273,8 +273,8 @@ class WebSocketPool:
             self._flush()
             await self._warm.wait()  # the first min_connections attempts, failed or not
         except BaseException as exc:
-            if not await self.__aexit__(type(exc), exc, exc.__traceback__):
-                raise
+            await self.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
         return self
 
     async def __aexit__(
@@ -297,10 +297,10 @@ class WebSocketPool:
             only = group.exceptions[0]
             context = only.__context__
             try:
-                raise only from only.__cause__
+                raise only
             finally:
-                only.__context__ = context
-                del only, group
+                only.__context__ = context  # as it was before the group wrapped it
+                del only
 
     # -- the spec's methods -------------------------------------------------------------------
 
@@ -540,9 +540,21 @@ class WebSocketPool:
         target = self._target
         if target.ssl_context is None:
             return await trio.open_tcp_stream(target.host, target.port)
-        return await trio.open_ssl_over_tcp_stream(
+        stream = await trio.open_ssl_over_tcp_stream(
             target.host, target.port, ssl_context=target.ssl_context, https_compatible=True
         )
+        # Shake hands here: left to trio-websocket's reader task, a TLS failure ends that
+        # task silently and the connect just waits for connect_timeout.
+        try:
+            await stream.do_handshake()
+        except BaseException as exc:
+            await trio.aclose_forcefully(stream)
+            if isinstance(exc, trio.BrokenResourceError):
+                raise ConnectionError(
+                    f"TLS handshake with {target.host}:{target.port} failed: {exc.__cause__}"
+                ) from exc
+            raise
+        return stream
 
     async def _close_when_asked(self, slot: Slot, conn: Connection) -> None:
         await slot.close_requested.wait()
