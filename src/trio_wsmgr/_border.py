@@ -137,6 +137,7 @@ def send_failure_close_nowait(
         return
     try:
         data = conn._wsproto.send(CloseConnection(code=reason.code, reason=reason.reason or ""))
+        stream.flush_on_close = True
         stream.write_nowait(data)
     except Exception:
         return
@@ -149,6 +150,8 @@ def send_close_nowait(
     if conn._wsproto.state is not ConnectionState.OPEN:
         return
     try:
-        stream.write_nowait(conn._wsproto.send(CloseConnection(code=code, reason=reason)))
+        data = conn._wsproto.send(CloseConnection(code=code, reason=reason))
+        stream.flush_on_close = True
+        stream.write_nowait(data)
     except Exception:
         return

@@ -42,6 +42,6 @@ async def run_heartbeat(
                 return
         if scope.cancelled_caught:
             sock._manager._count_heartbeat_timeout()
-            sock.abort(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
+            await sock.abort(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
             return
         sock._ping_rtt = trio.current_time() - started

@@ -289,13 +289,11 @@ class WebSocketManager:
         buffered = BufferedStream(stream)
         try:
             with self._connection_scope() as scope, _unwrap_single_group():
-                async with trio.open_nursery() as nursery:
+                async with _background_nursery() as nursery:
                     nursery.start_soon(buffered.run)
                     sock = await self._handshake(buffered, nursery)
-                    if sock is None:
-                        nursery.cancel_scope.cancel()
-                        return
-                    await self._run_handler(sock, nursery, handler, scope)
+                    if sock is not None:
+                        await self._run_handler(sock, handler, scope)
         finally:
             with trio.CancelScope(shield=True):
                 await buffered.aclose()
@@ -323,11 +321,7 @@ class WebSocketManager:
         return None
 
     async def _run_handler(
-        self,
-        sock: ManagedSocket,
-        nursery: trio.Nursery,
-        handler: Handler,
-        scope: trio.CancelScope,
+        self, sock: ManagedSocket, handler: Handler, scope: trio.CancelScope
     ) -> None:
         code: int = CloseCode.NORMAL
         reason = ""
@@ -342,13 +336,21 @@ class WebSocketManager:
         finally:
             if self._closing:
                 code, reason = self._close_code
-            await self._final_close(sock, code, reason)
-            nursery.cancel_scope.cancel()
+            await self._final_close(sock, code, reason, scope)
 
-    async def _final_close(self, sock: ManagedSocket, code: int, reason: str) -> None:
-        """The bounded close every connection ends with, even when cancelled."""
+    async def _final_close(
+        self, sock: ManagedSocket, code: int, reason: str, scope: trio.CancelScope
+    ) -> None:
+        """The bounded close every connection ends with, even when cancelled.
+
+        The connection's loops run in a shielded nursery (see
+        :func:`_background_nursery`), so the peer's close reply is still read
+        while the handler is being cancelled. ``manager.close()`` cancels
+        ``scope`` once its grace is over: then there is no grace left here.
+        """
+        grace = 0.0 if scope.cancel_called else self.close_timeout
         with trio.CancelScope(shield=True) as shield:
-            shield.deadline = trio.current_time() + self.close_timeout
+            shield.deadline = trio.current_time() + grace
             await sock.close(code, reason)
         if not sock._closed_event.is_set():
             sock._stream.abort()
@@ -379,7 +381,7 @@ class WebSocketManager:
         _border.set_max_message_size(conn, int(self.max_message_size))
         buffered = _border.adopt_stream(conn)
         with self._connection_scope() as scope, _unwrap_single_group():
-            async with trio.open_nursery() as nursery:
+            async with _background_nursery() as nursery:
                 nursery.start_soon(buffered.run)
                 sock: ManagedSocket | None = None
                 with trio.move_on_after(self.connection_timeout):
@@ -408,8 +410,7 @@ class WebSocketManager:
                 finally:
                     if self._closing or scope.cancel_called:
                         code, reason = self._close_code
-                    await self._final_close(sock, code, reason)
-                    nursery.cancel_scope.cancel()
+                    await self._final_close(sock, code, reason, scope)
 
     # -- admission ------------------------------------------------------------------
 
@@ -636,6 +637,30 @@ def _remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
             return None
         return str(peer[0]), int(peer[1])
     return None
+
+
+@asynccontextmanager
+async def _background_nursery() -> AsyncIterator[trio.Nursery]:
+    """A nursery for one connection's loops, shielded from cancellation outside it.
+
+    Cancelling ``serve`` (or a handler) must still close each socket cleanly: the
+    reader has to keep running to see the peer's close reply. So the loops live
+    in a shielded nursery that is cancelled explicitly when the block exits,
+    after the connection's bounded final close.
+    """
+    async with trio.open_nursery() as outer:
+        inner: trio.Nursery = await outer.start(_shielded_nursery)
+        try:
+            yield inner
+        finally:
+            inner.cancel_scope.cancel()
+
+
+async def _shielded_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await trio.sleep_forever()  # keeps the nursery open until it is cancelled
 
 
 @contextmanager

@@ -270,17 +270,18 @@ class ManagedSocket:
         self._start_close(code, reason)
         nursery.start_soon(self._close_started, code, reason)
 
-    def abort(self, code: int, reason: str = "") -> None:
-        """Drop the connection now: a close frame if the kernel takes it, then the TCP.
+    async def abort(self, code: int, reason: str = "") -> None:
+        """Drop the connection now: a close frame if it can go out at once, then the TCP.
 
-        For peers that are gone (heartbeat timeout): no waiting for a reply.
+        For peers that are gone (heartbeat timeout): no waiting for a reply. The
+        socket leaves the registry before this first awaits.
         """
         if self._stream.closed:
             return
         self._start_close(code, reason)
         self._stream.discard_queued()
         _border.send_close_nowait(self._conn, self._stream, code, reason)
-        self._stream.abort()
+        await self._stream.aclose()
 
     def _start_close(self, code: int, reason: str) -> None:
         self._closing = True

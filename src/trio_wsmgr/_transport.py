@@ -24,6 +24,7 @@ fd we cannot use (TLS, memory streams in tests, non-POSIX) skips the fast path.
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -31,6 +32,9 @@ from collections.abc import Callable
 import trio
 
 _FAST_PATH = sys.platform != "win32"
+#: how long ``aclose`` waits for a last frame (see ``flush_on_close``)
+FINAL_FLUSH_TIMEOUT = 0.5
+_SEND_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
 def _socket_fd(stream: trio.abc.Stream) -> int | None:
@@ -56,6 +60,9 @@ class BufferedStream(trio.abc.Stream):
         self._broken: BaseException | None = None
         self._writer_lot = trio.lowlevel.ParkingLot()
         self._flush_lot = trio.lowlevel.ParkingLot()
+        #: on aclose, give queued bytes one bounded last chance to go out
+        self.flush_on_close = False
+        self._last_flush: trio.Event | None = None
         #: called (synchronously) once when the stream is closed
         self.on_close: list[Callable[[], None]] = []
 
@@ -141,7 +148,7 @@ class BufferedStream(trio.abc.Stream):
                 self.buffered -= len(data)
                 self._flushed += len(data)
                 self._flush_lot.unpark_all()
-        except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        except _SEND_ERRORS as exc:
             self._fail(exc)
         finally:
             self._flush_lot.unpark_all()
@@ -193,4 +200,19 @@ class BufferedStream(trio.abc.Stream):
     async def aclose(self) -> None:
         """Close now (pending bytes are dropped); always succeeds."""
         self._mark_closed()
+        if self._last_flush is not None:  # another task is giving the last frame its chance
+            with trio.CancelScope(shield=True):
+                await self._last_flush.wait()
+        elif self.flush_on_close and self._queue and not self._writing and self._broken is None:
+            # A last frame (a failure close) queued by an on_close callback.
+            data = b"".join(self._queue)
+            self._queue.clear()
+            self._last_flush = trio.Event()
+            with trio.CancelScope(shield=True) as last_chance:
+                last_chance.deadline = trio.current_time() + FINAL_FLUSH_TIMEOUT
+                with contextlib.suppress(
+                    trio.BrokenResourceError, trio.ClosedResourceError, OSError
+                ):
+                    await self.inner.send_all(data)
+            self._last_flush.set()
         await trio.aclose_forcefully(self.inner)
