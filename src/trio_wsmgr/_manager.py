@@ -89,6 +89,8 @@ class ManagerStatistics:
     dropped: int
     slow_consumer_closes: int
     heartbeat_timeouts: int
+    #: sockets closed (1008) for exceeding ``max_messages_per_second``
+    rate_limited: int
 
 
 @attrs.frozen
@@ -134,14 +136,18 @@ class WebSocketManager:
     max_messages_per_second: float = attrs.field(default=math.inf, validator=_positive_number)
     receive_buffer_size: int = attrs.field(default=16 * 1024, validator=_limit)
 
-    _registry: Registry[ManagedSocket] = attrs.field(init=False, factory=Registry)
-    _closing: bool = attrs.field(init=False, default=False)
-    _connection_scopes: set[trio.CancelScope] = attrs.field(init=False, factory=set)
-    _listener_scopes: set[trio.CancelScope] = attrs.field(init=False, factory=set)
-    _idle: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
-    _close_code: tuple[int, str] = attrs.field(init=False, default=(CloseCode.GOING_AWAY, ""))
-    _counts: dict[str, int] = attrs.field(init=False, factory=dict)
-    _rejected: dict[str, int] = attrs.field(init=False, factory=dict)
+    _registry: Registry[ManagedSocket] = attrs.field(init=False, repr=False, factory=Registry)
+    _closing: bool = attrs.field(init=False, repr=False, default=False)
+    _connection_scopes: set[trio.CancelScope] = attrs.field(init=False, repr=False, factory=set)
+    _listener_scopes: set[trio.CancelScope] = attrs.field(init=False, repr=False, factory=set)
+    _idle: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, repr=False, factory=trio.lowlevel.ParkingLot
+    )
+    _close_code: tuple[int, str] = attrs.field(
+        init=False, repr=False, default=(CloseCode.GOING_AWAY, "")
+    )
+    _counts: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
+    _rejected: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         for name in self.protocols:
@@ -158,6 +164,7 @@ class WebSocketManager:
             "dropped",
             "slow_consumer_closes",
             "heartbeat_timeouts",
+            "rate_limited",
         ]:
             self._counts[key] = 0
 
@@ -197,6 +204,7 @@ class WebSocketManager:
             dropped=counts["dropped"],
             slow_consumer_closes=counts["slow_consumer_closes"],
             heartbeat_timeouts=counts["heartbeat_timeouts"],
+            rate_limited=counts["rate_limited"],
         )
 
     # -- broadcast --------------------------------------------------------------
@@ -499,6 +507,9 @@ class WebSocketManager:
         """Decide synchronously whether a handshake may proceed: None, or a refusal."""
         if self._closing:
             return 503, "closing", "server is shutting down"
+        for name in _SINGLE_HEADERS:
+            if sum(1 for key, _ in info.headers if key == name) > 1:
+                return 400, "bad_request", f"duplicate {name} header"
         if self._registry.in_use >= self.max_connections:
             return 503, "full", "too many connections"
         if address is not None and self._registry.address_count(address) >= (
@@ -619,6 +630,13 @@ class WebSocketManager:
 
     def _count_heartbeat_timeout(self) -> None:
         self._counts["heartbeat_timeouts"] += 1
+
+    def _count_rate_limited(self) -> None:
+        self._counts["rate_limited"] += 1
+
+
+#: handshake headers that must appear exactly once (RFC 6455 section 4.2.1)
+_SINGLE_HEADERS = ("sec-websocket-key", "sec-websocket-version")
 
 
 def _decode_headers(raw: Sequence[tuple[bytes, bytes]], host: str) -> tuple[tuple[str, str], ...]:

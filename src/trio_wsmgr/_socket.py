@@ -43,6 +43,26 @@ class SocketStatistics:
     compressed: bool
 
 
+class _TokenBucket:
+    """``rate`` events per second on average, bursts of up to ``max(1, rate)``."""
+
+    __slots__ = ("_capacity", "_last", "_rate", "_tokens")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self._rate = rate
+        self._capacity = self._tokens = max(1.0, rate)
+        self._last = now
+
+    def take(self, now: float) -> bool:
+        elapsed = now - self._last
+        self._last = now
+        self._tokens = min(self._capacity, self._tokens + elapsed * self._rate)
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
+
 class ManagedSocket:
     """An open WebSocket connection managed by a :class:`~trio_wsmgr.WebSocketManager`.
 
@@ -95,6 +115,8 @@ class ManagedSocket:
         self._dropped = 0
         self._ping_rtt = math.nan
         self._connected_at = trio.current_time()
+        rate = manager.max_messages_per_second
+        self._rate = None if math.isinf(rate) else _TokenBucket(rate, self._connected_at)
         stream.on_close.append(self._on_transport_close)
 
     def __repr__(self) -> str:
@@ -154,6 +176,10 @@ class ManagedSocket:
             self._note_remote_close()
             raise ConnectionClosed(self.close_code, self.close_reason) from exc
         self._messages_in += 1
+        if self._rate is not None and not self._rate.take(trio.current_time()):
+            self._manager._count_rate_limited()
+            self.close_nowait(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
+            raise ConnectionClosed(self.close_code, self.close_reason)
         size = len(message)
         self._bytes_in += size
         self._manager._count_in(size)
