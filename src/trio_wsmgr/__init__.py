@@ -9,6 +9,7 @@ from ._auth import HandshakeRequest as HandshakeRequest
 from ._auth import TokenAuth as TokenAuth
 from ._auth import extract_token as extract_token
 from ._auth import static_tokens as static_tokens
+from ._backoff import Backoff as Backoff
 from ._compression import Compression as Compression
 from ._config import CloseCode as CloseCode
 from ._exceptions import BackendUnavailable as BackendUnavailable
@@ -20,9 +21,13 @@ from ._exceptions import PoolClosed as PoolClosed
 from ._exceptions import PoolTimeout as PoolTimeout
 from ._exceptions import RequestRejected as RequestRejected
 from ._exceptions import WsmgrError as WsmgrError
+from ._health import HealthState as HealthState
+from ._health import HealthStatus as HealthStatus
+from ._health import PoolStatistics as PoolStatistics
 from ._manager import ManagerStatistics as ManagerStatistics
 from ._manager import Server as Server
 from ._manager import WebSocketManager as WebSocketManager
+from ._pool import WebSocketPool as WebSocketPool
 from ._socket import ManagedSocket as ManagedSocket
 from ._socket import SocketStatistics as SocketStatistics
 
@@ -30,22 +35,27 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailable",
+    "Backoff",
     "BroadcastError",
     "CloseCode",
     "Compression",
     "ConnectionClosed",
     "HandshakeRequest",
+    "HealthState",
+    "HealthStatus",
     "InvalidChannelName",
     "ManagedSocket",
     "ManagerStatistics",
     "MessageEncodingError",
     "PoolClosed",
+    "PoolStatistics",
     "PoolTimeout",
     "RequestRejected",
     "Server",
     "SocketStatistics",
     "TokenAuth",
     "WebSocketManager",
+    "WebSocketPool",
     "WsmgrError",
     "extract_token",
     "static_tokens",
