@@ -1,0 +1,26 @@
+"""Backends: how a :class:`~trio_wsmgr.Broadcaster` reaches the other nodes.
+
+:class:`Backend` is the interface (``run``, ``publish``, ``subscribe``,
+``unsubscribe``, ``statistics``); :class:`MemoryBackend` connects Broadcasters
+within one process through a :class:`MemoryHub`; :class:`RedisBackend` connects
+processes through Redis pub/sub (or sharded pub/sub on Redis Cluster) and needs
+the ``redis`` extra (coredis), imported only when a RedisBackend is used.
+"""
+
+from __future__ import annotations
+
+from ._base import Backend as Backend
+from ._base import BackendStatistics as BackendStatistics
+from ._base import Receiver as Receiver
+from ._memory import MemoryBackend as MemoryBackend
+from ._memory import MemoryHub as MemoryHub
+from ._redis import RedisBackend as RedisBackend
+
+__all__ = [
+    "Backend",
+    "BackendStatistics",
+    "MemoryBackend",
+    "MemoryHub",
+    "Receiver",
+    "RedisBackend",
+]

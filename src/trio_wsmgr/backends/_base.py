@@ -1,0 +1,95 @@
+"""The Backend interface: how a Broadcaster reaches the Broadcasters of other nodes.
+
+A backend moves opaque ``bytes`` on named *topics* between nodes. It knows
+nothing about sockets, channels or the wire format; the
+:class:`~trio_wsmgr.Broadcaster` owns all of that. Four methods make a backend:
+
+``run(receive, task_status=...)``
+    The backend's life: connect, listen, reconnect. It calls
+    ``receive(topic, data)`` synchronously (no awaits, must not block) for every
+    message on a subscribed topic, *including the node's own publications* (the
+    Broadcaster recognises and skips those). It signals ``task_status.started()``
+    once the first connection attempt has succeeded or failed, and does not
+    return or raise for outages: it retries. Cancelling it is the only way it
+    ends.
+``publish(topic, data)``
+    Hand one message to the engine, once (never once per subscriber). Raise
+    :class:`~trio_wsmgr.BackendUnavailable` (``delivered=0``) when the engine
+    cannot be reached; the Broadcaster adds the local count.
+``subscribe(topics)`` / ``unsubscribe(topics)``
+    Start / stop receiving these topics. The backend remembers the set and
+    restores it after every reconnect. While connected, return once the engine
+    has confirmed; while disconnected, record and return at once. Never raise
+    for an outage.
+
+The Broadcaster calls ``subscribe``/``unsubscribe`` from one task only, never
+concurrently with each other, and only with topics whose state changes (a
+topic is subscribed while the node has at least one local subscriber to it).
+``publish`` may run concurrently with everything.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Collection
+from typing import TypeAlias
+
+import attrs
+import trio
+
+#: ``receive(topic, data)``: what :meth:`Backend.run` calls for each incoming message.
+Receiver: TypeAlias = Callable[[str, bytes], None]
+
+
+@attrs.frozen
+class BackendStatistics:
+    """A snapshot of a backend's state (``backend.statistics()``)."""
+
+    #: whether the backend is connected to its engine now
+    connected: bool
+    #: topics the node is subscribed to (restored after every reconnect)
+    topics: int
+    #: messages handed to the engine
+    published: int
+    #: publications that failed (the engine was unreachable or too slow)
+    publish_failures: int
+    #: messages received from the engine (own publications included)
+    received: int
+    #: successful connections after the first one
+    reconnects: int
+    #: connection attempts that failed, or connections that were lost
+    connection_failures: int
+
+
+class Backend(abc.ABC):
+    """What the :class:`~trio_wsmgr.Broadcaster` needs from a message engine.
+
+    One backend instance serves one Broadcaster. See the module documentation
+    for the contract of each method; :class:`~trio_wsmgr.backends.MemoryBackend`
+    is the smallest complete implementation.
+    """
+
+    @abc.abstractmethod
+    async def run(
+        self,
+        receive: Receiver,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Connect, listen and reconnect until cancelled; feed ``receive``."""
+
+    @abc.abstractmethod
+    async def publish(self, topic: str, data: bytes) -> None:
+        """Send ``data`` to every node subscribed to ``topic`` (this one included)."""
+
+    @abc.abstractmethod
+    async def subscribe(self, topics: Collection[str]) -> None:
+        """Start receiving ``topics``; kept across reconnects."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, topics: Collection[str]) -> None:
+        """Stop receiving ``topics``."""
+
+    @abc.abstractmethod
+    def statistics(self) -> BackendStatistics:
+        """A snapshot of the backend's counters."""

@@ -1,0 +1,134 @@
+"""The in-process backend: Broadcasters connected through a :class:`MemoryHub`.
+
+``Broadcaster()`` uses a :class:`MemoryBackend` on a hub of its own, so
+``broadcast`` reaches only the local subscribers. Several Broadcasters whose
+backends share one hub behave like nodes sharing a Redis server, which is how
+the contract tests run the same cases against both backends. Delivery is
+synchronous: ``publish`` calls every subscribed member's receiver before it
+returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection
+
+import attrs
+import trio
+
+from .._exceptions import BackendUnavailable
+from ._base import Backend, BackendStatistics, Receiver
+
+
+@attrs.define(eq=False)
+class MemoryHub:
+    """The "server" that :class:`MemoryBackend` instances in one process share.
+
+    ``available = False`` simulates an outage: every ``publish`` raises
+    :class:`~trio_wsmgr.BackendUnavailable` until it is set back to True;
+    subscriptions are kept meanwhile.
+    """
+
+    available: bool = True
+    #: messages published through the hub (successful ones)
+    published: int = 0
+    _members: dict[str, set[MemoryBackend]] = attrs.field(init=False, factory=dict, repr=False)
+
+    def subscribers(self, topic: str) -> int:
+        """How many backends are subscribed to ``topic`` (Redis' PUBSUB NUMSUB)."""
+        return len(self._members.get(topic, ()))
+
+    def topics(self) -> list[str]:
+        """The topics with at least one subscribed backend (Redis' PUBSUB CHANNELS)."""
+        return sorted(self._members)
+
+    def _join(self, backend: MemoryBackend, topics: Collection[str]) -> None:
+        for topic in topics:
+            self._members.setdefault(topic, set()).add(backend)
+
+    def _leave(self, backend: MemoryBackend, topics: Collection[str]) -> None:
+        for topic in topics:
+            members = self._members.get(topic)
+            if members is not None:
+                members.discard(backend)
+                if not members:
+                    del self._members[topic]
+
+    def _publish(self, topic: str, data: bytes) -> None:
+        if not self.available:
+            raise BackendUnavailable("the memory hub is unavailable", delivered=0)
+        self.published += 1
+        for member in list(self._members.get(topic, ())):
+            member._deliver(topic, data)
+
+
+@attrs.define(eq=False)
+class MemoryBackend(Backend):
+    """A :class:`~trio_wsmgr.backends.Backend` within one process.
+
+    ``hub``: the :class:`MemoryHub` to share with other backends (a new one by
+    default, which makes the Broadcaster purely local).
+    """
+
+    hub: MemoryHub = attrs.field(kw_only=True, factory=MemoryHub)
+    _receive: Receiver | None = attrs.field(init=False, default=None, repr=False)
+    _topics: set[str] = attrs.field(init=False, factory=set, repr=False)
+    _counts: dict[str, int] = attrs.field(init=False, repr=False)
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.hub, MemoryHub):
+            raise TypeError(f"hub must be a MemoryHub, not {self.hub!r}")
+        self._counts = dict.fromkeys(["published", "publish_failures", "received"], 0)
+
+    async def run(
+        self,
+        receive: Receiver,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if self._receive is not None:
+            raise RuntimeError("this backend is already running (one Broadcaster per backend)")
+        self._receive = receive
+        self.hub._join(self, self._topics)
+        try:
+            task_status.started()
+            await trio.sleep_forever()
+        finally:
+            self.hub._leave(self, self._topics)
+            self._receive = None
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        try:
+            self.hub._publish(topic, data)
+        except BackendUnavailable:
+            self._counts["publish_failures"] += 1
+            raise
+        self._counts["published"] += 1
+        await trio.lowlevel.checkpoint()
+
+    async def subscribe(self, topics: Collection[str]) -> None:
+        self._topics.update(topics)
+        if self._receive is not None:
+            self.hub._join(self, topics)
+        await trio.lowlevel.checkpoint()
+
+    async def unsubscribe(self, topics: Collection[str]) -> None:
+        self._topics.difference_update(topics)
+        self.hub._leave(self, topics)
+        await trio.lowlevel.checkpoint()
+
+    def statistics(self) -> BackendStatistics:
+        return BackendStatistics(
+            connected=self._receive is not None and self.hub.available,
+            topics=len(self._topics),
+            published=self._counts["published"],
+            publish_failures=self._counts["publish_failures"],
+            received=self._counts["received"],
+            reconnects=0,
+            connection_failures=0,
+        )
+
+    def _deliver(self, topic: str, data: bytes) -> None:
+        receive = self._receive
+        if receive is not None:
+            self._counts["received"] += 1
+            receive(topic, data)
