@@ -1,0 +1,384 @@
+"""The Redis backend: pub/sub over one Redis server, or sharded pub/sub over a Redis Cluster.
+
+It uses `coredis <https://coredis.readthedocs.io>`_ (the ``redis`` extra), which
+runs natively under Trio. Each connection *session* is one coredis client plus
+one pub/sub connection; when either fails the session ends, the backend waits
+(:class:`~trio_wsmgr._backoff.Backoff`: exponential, capped, jittered), opens a
+new session and subscribes again to every topic the node still wants. Between
+sessions ``publish`` fails fast with :class:`~trio_wsmgr.BackendUnavailable`.
+
+Topics map to Redis channels as ``prefix + topic``. With ``cluster=True`` the
+client is a ``coredis.RedisCluster`` and the backend uses SPUBLISH / SSUBSCRIBE
+(Redis >= 7), so each channel lives on the shard that owns its hash slot
+instead of being copied to every node of the cluster.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+import random
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import attrs
+import trio
+
+from .._backoff import Backoff
+from .._exceptions import BackendUnavailable
+from ._base import Backend, BackendStatistics, Receiver
+
+if TYPE_CHECKING:
+    import coredis
+    from coredis.patterns.pubsub import BasePubSub
+
+logger = logging.getLogger("trio_wsmgr.backends.redis")
+
+_MESSAGE_TYPES = frozenset({"message", "smessage"})
+#: channels per SUBSCRIBE command when restoring many subscriptions at once
+_SUBSCRIBE_BATCH = 500
+
+
+def _url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a redis:// URL string, not {value!r}")
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss", "unix"):
+        raise ValueError(
+            f"{attribute.name} must be a redis://, rediss:// or unix:// URL, not {_redact(value)!r}"
+        )
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0 (math.inf means never), not {value!r}")
+
+
+def _prefix(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{attribute.name} must be a str, not {value!r}")
+    if any(ch.isspace() for ch in value):
+        raise ValueError(f"{attribute.name} must not contain whitespace, not {value!r}")
+
+
+def _redact(url: str) -> str:
+    """``url`` without its password, for reprs and logs."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _close_layout_streams(client: object) -> None:
+    """Close what coredis 6.9's cluster layout never closes (else ResourceWarnings on GC)."""
+    layout = getattr(getattr(client, "connection_pool", None), "cluster_layout", None)
+    for stream in getattr(layout, "_error_stream", ()):
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
+@attrs.define(eq=False, repr=False)
+class RedisBackend(Backend):
+    """A :class:`~trio_wsmgr.backends.Backend` over Redis pub/sub.
+
+    ``RedisBackend("redis://127.0.0.1:6379/0")``; every option is keyword-only:
+
+    ``cluster``
+        The URL names a node of a Redis Cluster (>= 7): use sharded pub/sub
+        (SPUBLISH / SSUBSCRIBE).
+    ``prefix``
+        Prepended to every Redis channel name (default ``"trio_wsmgr:"``), so
+        several applications can share a server.
+    ``connect_timeout``
+        Longest time a connection attempt (connect, handshake, restoring the
+        subscriptions) may take before it counts as failed.
+    ``command_timeout``
+        Longest wait for Redis to answer a PUBLISH or to confirm a
+        (un)subscription. A PUBLISH that takes longer raises
+        :class:`~trio_wsmgr.BackendUnavailable`; a confirmation that takes longer
+        ends the session (the subscriptions are restored by the next one).
+    ``health_check_interval``
+        After this long without traffic the pub/sub connection sends a PING,
+        so a dead peer is noticed.
+    ``backoff``
+        The waits between reconnection attempts (see :class:`Backoff`).
+    """
+
+    url: str = attrs.field(validator=_url)
+    cluster: bool = attrs.field(
+        kw_only=True, default=False, validator=attrs.validators.instance_of(bool)
+    )
+    prefix: str = attrs.field(kw_only=True, default="trio_wsmgr:", validator=_prefix)
+    connect_timeout: float = attrs.field(kw_only=True, default=5.0, validator=_seconds)
+    command_timeout: float = attrs.field(kw_only=True, default=2.0, validator=_seconds)
+    health_check_interval: float = attrs.field(kw_only=True, default=15.0, validator=_seconds)
+    backoff: Backoff = attrs.field(
+        kw_only=True,
+        factory=lambda: Backoff(initial=0.05, maximum=5.0),
+        validator=attrs.validators.instance_of(Backoff),
+    )
+
+    _receive: Receiver | None = attrs.field(init=False, default=None)
+    _topics: set[str] = attrs.field(init=False, factory=set)
+    _client: Any = attrs.field(init=False, default=None)
+    _pubsub: Any = attrs.field(init=False, default=None)
+    _session: trio.CancelScope | None = attrs.field(init=False, default=None)
+    _lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
+    _rng: random.Random = attrs.field(init=False, factory=random.Random)
+    _counts: dict[str, int] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.cluster and urlsplit(self.url).scheme == "unix":
+            raise ValueError("url must be redis:// or rediss:// when cluster=True")
+        if importlib.util.find_spec("coredis") is None:
+            raise ImportError(
+                "RedisBackend needs coredis: pip install 'trio-wsmgr[redis]'", name="coredis"
+            )
+        self._counts = dict.fromkeys(
+            [
+                "published",
+                "publish_failures",
+                "received",
+                "reconnects",
+                "connection_failures",
+            ],
+            0,
+        )
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "disconnected"
+        mode = " cluster" if self.cluster else ""
+        return f"<RedisBackend {_redact(self.url)}{mode} {state} topics={len(self._topics)}>"
+
+    @property
+    def connected(self) -> bool:
+        """True while a session is up and every subscription has been restored."""
+        return self._pubsub is not None
+
+    def statistics(self) -> BackendStatistics:
+        counts = self._counts
+        return BackendStatistics(
+            connected=self.connected,
+            topics=len(self._topics),
+            published=counts["published"],
+            publish_failures=counts["publish_failures"],
+            received=counts["received"],
+            reconnects=counts["reconnects"],
+            connection_failures=counts["connection_failures"],
+        )
+
+    # -- the backend interface ----------------------------------------------------
+
+    async def run(
+        self,
+        receive: Receiver,
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        if self._receive is not None:
+            raise RuntimeError("this backend is already running (one Broadcaster per backend)")
+        self._receive = receive
+        started = False
+        sessions = 0
+        failures = 0
+
+        def ready() -> None:
+            nonlocal started, sessions, failures
+            if sessions:
+                self._counts["reconnects"] += 1
+                logger.info("reconnected to Redis at %s", _redact(self.url))
+            sessions += 1
+            failures = 0
+            if not started:
+                started = True
+                task_status.started()
+
+        try:
+            while True:
+                try:
+                    await self._run_session(ready)
+                except BaseException as exc:
+                    # Cancelled, coredis' clean-up can fail on its closed connection and
+                    # mix that error with the Cancelled. When we are being cancelled this
+                    # checkpoint raises a clean Cancelled instead of the mixture.
+                    await trio.lowlevel.checkpoint()
+                    if not isinstance(exc, Exception):
+                        raise
+                    failures += 1
+                    self._counts["connection_failures"] += 1
+                    level = logging.WARNING if failures == 1 else logging.DEBUG
+                    logger.log(
+                        level, "Redis at %s unavailable: %r", _redact(self.url), exc, exc_info=True
+                    )
+                if not started:
+                    started = True
+                    task_status.started()
+                await trio.sleep(self.backoff.delay(max(failures, 1), self._rng))
+        finally:
+            self._receive = None
+
+    async def publish(self, topic: str, data: bytes) -> None:
+        client = self._client
+        if client is None or self._pubsub is None:
+            self._counts["publish_failures"] += 1
+            await trio.lowlevel.checkpoint()
+            raise BackendUnavailable(f"not connected to Redis at {_redact(self.url)}", delivered=0)
+        channel = self.prefix + topic
+        try:
+            with trio.fail_after(self.command_timeout):
+                if self.cluster:
+                    await client.spublish(channel, data)
+                else:
+                    # RESP3 allows commands on the pub/sub connection. Queued there
+                    # synchronously, publications leave in call order, on one connection.
+                    await self._pubsub.connection.create_request(b"PUBLISH", channel, data)
+        except Exception as exc:
+            self._counts["publish_failures"] += 1
+            raise BackendUnavailable(
+                f"publishing to Redis at {_redact(self.url)} failed: {exc!r}", delivered=0
+            ) from exc
+        self._counts["published"] += 1
+
+    async def subscribe(self, topics: Collection[str]) -> None:
+        new = [topic for topic in topics if topic not in self._topics]
+        self._topics.update(new)
+        await self._change(new, subscribe=True)
+
+    async def unsubscribe(self, topics: Collection[str]) -> None:
+        gone = [topic for topic in topics if topic in self._topics]
+        self._topics.difference_update(gone)
+        await self._change(gone, subscribe=False)
+
+    # -- sessions -------------------------------------------------------------------
+
+    async def _run_session(self, ready: Callable[[], None]) -> None:
+        """One connection: connect, restore the subscriptions, listen until it fails."""
+        with trio.CancelScope() as scope:
+            self._session = scope
+            scope.deadline = trio.current_time() + self.connect_timeout
+            try:
+                await self._probe()
+                async with self._open() as (client, pubsub):
+                    async with self._lock:
+                        topics = sorted(self._topics)
+                        for start in range(0, len(topics), _SUBSCRIBE_BATCH):
+                            batch = topics[start : start + _SUBSCRIBE_BATCH]
+                            await pubsub.subscribe(*[self.prefix + t for t in batch])
+                        self._client, self._pubsub = client, pubsub
+                    scope.deadline = math.inf
+                    ready()
+                    await self._listen(pubsub)
+            finally:
+                self._client = self._pubsub = self._session = None
+        # Only a deadline or a forced reconnect gets here: the session did not fail loudly.
+        raise ConnectionError("Redis session timed out or was restarted")
+
+    async def _probe(self) -> None:
+        """Check that the server accepts connections before coredis tries.
+
+        (A coredis connection whose connect fails is never closed, which shows as
+        ResourceWarnings; probing first keeps reconnect attempts during an outage clean.)
+        """
+        parts = urlsplit(self.url)
+        stream: trio.abc.Stream
+        if parts.scheme == "unix":
+            stream = await trio.open_unix_socket(parts.path)
+        else:
+            stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 6379)
+        await stream.aclose()
+
+    @asynccontextmanager
+    async def _open(self) -> AsyncIterator[tuple[Any, BasePubSub[bytes, Any]]]:
+        from coredis import Redis, RedisCluster
+        from coredis.connection import TCPLocation
+        from coredis.retry import NoRetryPolicy
+
+        options: dict[str, Any] = {
+            "retry_policy": NoRetryPolicy(),
+            "connect_timeout": self.connect_timeout,
+            "stream_timeout": self.command_timeout,
+        }
+        client: coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+        pubsub: BasePubSub[bytes, Any]
+        if self.cluster:
+            # Built from parts: RedisCluster.from_url warns (DeprecationWarning) in coredis 6.
+            parts = urlsplit(self.url)
+            client = RedisCluster(
+                startup_nodes=[TCPLocation(parts.hostname or "127.0.0.1", parts.port or 6379)],
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                ssl=parts.scheme == "rediss",
+                **options,
+            )
+            try:
+                async with client:
+                    pubsub = client.sharded_pubsub(**self._pubsub_options())
+                    async with pubsub:
+                        yield client, pubsub
+            finally:
+                _close_layout_streams(client)
+        else:
+            client = Redis.from_url(self.url, **options)
+            async with client:
+                pubsub = client.pubsub(**self._pubsub_options())
+                async with pubsub:
+                    yield client, pubsub
+
+    def _pubsub_options(self) -> dict[str, Any]:
+        from coredis.retry import NoRetryPolicy
+
+        return {
+            "ignore_subscribe_messages": True,
+            "retry_policy": NoRetryPolicy(),
+            "subscription_timeout": self.command_timeout,
+            "max_idle_seconds": self.health_check_interval,
+        }
+
+    async def _listen(self, pubsub: BasePubSub[bytes, Any]) -> None:
+        receive = self._receive
+        assert receive is not None
+        cut = len(self.prefix.encode())
+        counts = self._counts
+        while True:
+            message = await pubsub.get_message()
+            if message is None or message["type"] not in _MESSAGE_TYPES:
+                continue
+            channel = message["channel"]
+            data = message["data"]
+            if not isinstance(channel, bytes) or not isinstance(data, bytes):
+                continue
+            counts["received"] += 1
+            receive(channel[cut:].decode("utf-8", "replace"), data)
+
+    async def _change(self, topics: list[str], *, subscribe: bool) -> None:
+        """(Un)subscribe on the live session, if any; on failure restart the session."""
+        if not topics:
+            await trio.lowlevel.checkpoint()
+            return
+        async with self._lock:
+            pubsub = self._pubsub
+            if pubsub is None:  # the next session subscribes to self._topics
+                return
+            channels = [self.prefix + topic for topic in topics]
+            try:
+                with trio.fail_after(self.command_timeout):
+                    for start in range(0, len(channels), _SUBSCRIBE_BATCH):
+                        batch = channels[start : start + _SUBSCRIBE_BATCH]
+                        if subscribe:
+                            await pubsub.subscribe(*batch)
+                        else:
+                            await pubsub.unsubscribe(*batch)
+            except Exception as exc:
+                logger.warning(
+                    "Redis did not confirm a subscription change (%r); reconnecting", exc
+                )
+                if self._session is not None:
+                    self._session.cancel()
