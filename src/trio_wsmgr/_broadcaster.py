@@ -1,0 +1,655 @@
+"""Broadcaster: named channels of managed sockets, fanned out locally and across nodes.
+
+Bookkeeping (who is subscribed to what, which topics the node needs from the
+backend) is plain synchronous code. Three things do I/O:
+
+* ``broadcast`` / ``send_to_user`` queue the message on the local sockets (the
+  shared fan-out, :mod:`._fanout`) and publish it to the backend once;
+* a *sync* task applies subscription changes to the backend, in order, one
+  batch at a time (a node is subscribed to a topic exactly while it has local
+  subscribers to it);
+* an *inbox* task delivers what other nodes published, in arrival order.
+
+Wire format between nodes (everything after the header is the encoded payload,
+sent as is)::
+
+    byte 0      format version (1)
+    byte 1      flags: bit 0 binary opcode, bits 1-2 on_full (wait, drop, close),
+                bit 3 user-targeted
+    bytes 2-9   the publishing node's random id (a node skips its own messages)
+    [user-targeted only: 2 bytes length + the user id in UTF-8]
+    payload
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import struct
+import zlib
+from collections.abc import AsyncIterator, Callable, Collection, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any, Final
+
+import attrs
+import trio
+
+from ._border import OPCODE_BINARY, OPCODE_TEXT
+from ._exceptions import BackendUnavailable, InvalidChannelName
+from ._fanout import ON_FULL_CHOICES, OnFull, check_on_full, deliver, deliver_nowait
+from ._manager import WebSocketManager
+from ._message import Outgoing
+from ._socket import ManagedSocket
+from .backends._base import Backend, BackendStatistics
+from .backends._memory import MemoryBackend
+
+#: the longest channel name accepted
+MAX_CHANNEL_NAME_LENGTH: Final = 200
+_NAME = re.compile(r"[A-Za-z0-9_.:/@-]+")
+#: topics the Broadcaster uses for user-targeted messages (never a valid channel name)
+_USER_TOPIC: Final = "!user:{}"
+
+_WIRE_VERSION: Final = 1
+_HEADER = struct.Struct("!BB8s")
+_USER_LENGTH = struct.Struct("!H")
+_FLAG_BINARY = 0x01
+_FLAG_USER = 0x08
+_ON_FULL_SHIFT = 1
+
+
+def check_channel_name(name: object) -> str:
+    """Return ``name`` if it is a valid channel name, else raise :class:`InvalidChannelName`.
+
+    Valid: 1 to :data:`MAX_CHANNEL_NAME_LENGTH` characters from ``A-Z a-z 0-9``
+    and ``_ - . : / @``.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"a channel name must be a str, not {type(name).__name__}")
+    if not name or len(name) > MAX_CHANNEL_NAME_LENGTH:
+        raise InvalidChannelName(
+            f"a channel name must be 1 to {MAX_CHANNEL_NAME_LENGTH} characters, "
+            f"not {len(name)}: {name[:40]!r}"
+        )
+    if _NAME.fullmatch(name) is None:
+        raise InvalidChannelName(
+            f"invalid channel name {name[:40]!r}: use only A-Z a-z 0-9 _ - . : / @"
+        )
+    return name
+
+
+# -- the wire format (sync, no I/O) ------------------------------------------------------
+
+
+@attrs.frozen
+class _Wire:
+    node: bytes
+    opcode: int
+    on_full: OnFull
+    user_id: str | None
+    payload: bytes
+
+    def outgoing(self) -> Outgoing:
+        outgoing = Outgoing(b"")  # already encoded by the publisher: do not encode again
+        outgoing.opcode, outgoing.payload = self.opcode, self.payload
+        return outgoing
+
+
+def encode_wire(node: bytes, outgoing: Outgoing, on_full: OnFull, user_id: str | None) -> bytes:
+    flags = ON_FULL_CHOICES.index(on_full) << _ON_FULL_SHIFT
+    if outgoing.opcode == OPCODE_BINARY:
+        flags |= _FLAG_BINARY
+    header = _HEADER.pack(_WIRE_VERSION, flags, node)
+    if user_id is None:
+        return header + outgoing.payload
+    user = user_id.encode("utf-8")
+    flags |= _FLAG_USER
+    header = _HEADER.pack(_WIRE_VERSION, flags, node)
+    return b"".join((header, _USER_LENGTH.pack(len(user)), user, outgoing.payload))
+
+
+def decode_wire(data: bytes) -> _Wire | None:
+    """Parse a message from another node; None if it is not ours or is malformed."""
+    if len(data) < _HEADER.size:
+        return None
+    version, flags, node = _HEADER.unpack_from(data)
+    on_full_index = (flags >> _ON_FULL_SHIFT) & 0x03
+    if version != _WIRE_VERSION or on_full_index >= len(ON_FULL_CHOICES):
+        return None
+    offset = _HEADER.size
+    user_id = None
+    if flags & _FLAG_USER:
+        if len(data) < offset + _USER_LENGTH.size:
+            return None
+        (length,) = _USER_LENGTH.unpack_from(data, offset)
+        offset += _USER_LENGTH.size
+        if len(data) < offset + length:
+            return None
+        try:
+            user_id = data[offset : offset + length].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+        offset += length
+    opcode = OPCODE_BINARY if flags & _FLAG_BINARY else OPCODE_TEXT
+    on_full: OnFull = ON_FULL_CHOICES[on_full_index]  # type: ignore[assignment]
+    return _Wire(node, opcode, on_full, user_id, data[offset:])
+
+
+# -- public objects ---------------------------------------------------------------------
+
+
+class Channel:
+    """A named channel of a :class:`Broadcaster` (``broadcaster.create_channel(name)``).
+
+    A view: it stays valid and current however often its subscribers come and go.
+    """
+
+    __slots__ = ("_broadcaster", "name")
+
+    def __init__(self, broadcaster: Broadcaster, name: str) -> None:
+        self._broadcaster = broadcaster
+        #: the channel's name
+        self.name = name
+
+    def __repr__(self) -> str:
+        return f"<Channel {self.name!r} subscribers={self.subscriber_count}>"
+
+    @property
+    def subscriber_count(self) -> int:
+        """How many sockets *of this process* are subscribed (see the Redis how-to for all)."""
+        return len(self._broadcaster._members.get(self.name, ()))
+
+    def subscribers(self) -> list[ManagedSocket]:
+        """The local subscribers (a snapshot)."""
+        return list(self._broadcaster._members.get(self.name, {}).values())
+
+    def __contains__(self, sock: object) -> bool:
+        return getattr(sock, "id", None) in self._broadcaster._members.get(self.name, {})
+
+    async def broadcast(self, message: Any, **options: Any) -> int:
+        """``broadcaster.broadcast(self.name, message, **options)``."""
+        return await self._broadcaster.broadcast(self.name, message, **options)
+
+
+@attrs.frozen
+class BroadcasterStatistics:
+    """A snapshot of a Broadcaster's counters (``broadcaster.statistics()``)."""
+
+    #: channels with at least one local subscriber
+    channels: int
+    #: (socket, channel) subscriptions in this process
+    subscriptions: int
+    #: ``broadcast`` and ``send_to_user`` calls
+    broadcasts: int
+    #: messages queued on local sockets by those calls
+    local_deliveries: int
+    #: messages handed to the backend (one per call, whatever the subscriber count)
+    published: int
+    #: calls that raised BackendUnavailable
+    publish_failures: int
+    #: messages received from other nodes
+    received: int
+    #: messages queued on local sockets for other nodes' publications
+    remote_deliveries: int
+    #: own publications coming back from the backend, skipped
+    echoes: int
+    #: messages from other nodes waiting for local delivery now
+    inbox: int
+    #: messages from other nodes dropped because the inbox was full
+    inbox_dropped: int
+    #: backend messages that were not in this wire format, ignored
+    malformed: int
+    backend: BackendStatistics
+
+
+def _size(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be >= 1, not {value!r}")
+
+
+def _backend(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, Backend):
+        raise TypeError(f"{attribute.name} must be a trio_wsmgr.backends.Backend, not {value!r}")
+
+
+@attrs.define(kw_only=True, eq=False, repr=False)
+class Broadcaster:
+    """Named channels of sockets; across processes through a backend.
+
+    ``Broadcaster()`` is in-process. ``Broadcaster(backend=RedisBackend(url))``
+    reaches every node using the same Redis. Options (keyword-only):
+
+    ``backend``
+        A :class:`~trio_wsmgr.backends.Backend` (default: a private
+        :class:`~trio_wsmgr.backends.MemoryBackend`).
+    ``inbox_size``
+        Messages from other nodes waiting for local delivery (default 1024).
+        When it is full (local sockets too slow for the incoming rate) further
+        messages are dropped for this node and counted in ``inbox_dropped``.
+    ``user_shards``
+        Topics used for :meth:`send_to_user` (default 1). On Redis Cluster a
+        larger number spreads user traffic over the shards. Every node must use
+        the same value.
+
+    Use it as ``async with broadcaster:``; the backend's listener and the
+    Broadcaster's two tasks run in a nursery that ends with the block. What can
+    come out of the block: your own exception, or (only after a bug in a
+    backend) that backend's exception; never an ExceptionGroup of one.
+    """
+
+    backend: Backend = attrs.field(factory=MemoryBackend, validator=_backend)
+    inbox_size: int = attrs.field(default=1024, validator=_size)
+    user_shards: int = attrs.field(default=1, validator=_size)
+
+    _node: bytes = attrs.field(init=False, factory=lambda: os.urandom(8))
+    _channels: dict[str, Channel] = attrs.field(init=False, factory=dict)
+    _members: dict[str, dict[int, ManagedSocket]] = attrs.field(init=False, factory=dict)
+    _memberships: dict[int, set[str]] = attrs.field(init=False, factory=dict)
+    _managers: list[WebSocketManager] = attrs.field(init=False, factory=list)
+    _backend_topics: set[str] = attrs.field(init=False, factory=set)
+    _changed: set[str] = attrs.field(init=False, factory=set)
+    _requested: int = attrs.field(init=False, default=0)
+    _applied: int = attrs.field(init=False, default=0)
+    _syncing: bool = attrs.field(init=False, default=False)
+    _sync_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
+    _synced_lot: trio.lowlevel.ParkingLot = attrs.field(
+        init=False, factory=trio.lowlevel.ParkingLot
+    )
+    _inbox: trio.MemorySendChannel[tuple[str, _Wire]] | None = attrs.field(init=False, default=None)
+    _state: str = attrs.field(init=False, default="new")
+    _lifetime_cm: Any = attrs.field(init=False, default=None)
+    _counts: dict[str, int] = attrs.field(init=False)
+
+    def __attrs_post_init__(self) -> None:
+        self._counts = dict.fromkeys(
+            [
+                "broadcasts",
+                "local_deliveries",
+                "published",
+                "publish_failures",
+                "received",
+                "remote_deliveries",
+                "echoes",
+                "inbox_dropped",
+                "malformed",
+            ],
+            0,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"<Broadcaster {self._state} node={self._node.hex()} channels={len(self._members)} "
+            f"backend={self.backend!r}>"
+        )
+
+    @property
+    def node_id(self) -> str:
+        """This node's random id (hex), as carried in every publication."""
+        return self._node.hex()
+
+    # -- channels (sync) ----------------------------------------------------------------
+
+    def create_channel(self, name: str) -> Channel:
+        """The :class:`Channel` called ``name``, created if needed (idempotent)."""
+        name = check_channel_name(name)
+        channel = self._channels.get(name)
+        if channel is None:
+            channel = self._channels[name] = Channel(self, name)
+        return channel
+
+    def channels(self) -> list[str]:
+        """Names of the created channels and of those with local subscribers."""
+        return sorted(self._channels.keys() | self._members.keys())
+
+    def channels_of(self, sock: ManagedSocket) -> list[str]:
+        """The channels ``sock`` is subscribed to."""
+        return sorted(self._memberships.get(sock.id, ()))
+
+    def attach(self, manager: WebSocketManager) -> None:
+        """Let :meth:`send_to_user` reach ``manager``'s sockets (any number of managers)."""
+        if not isinstance(manager, WebSocketManager):
+            raise TypeError(f"attach() takes a WebSocketManager, not {manager!r}")
+        if manager in self._managers:
+            return
+        self._managers.append(manager)
+        if len(self._managers) == 1:
+            self._changed.update(self._user_topics())
+            self._request_sync()
+
+    def detach(self, manager: WebSocketManager) -> None:
+        """Undo :meth:`attach`."""
+        if manager in self._managers:
+            self._managers.remove(manager)
+            if not self._managers:
+                self._changed.update(self._user_topics())
+                self._request_sync()
+
+    def statistics(self) -> BroadcasterStatistics:
+        counts = self._counts
+        inbox = 0 if self._inbox is None else self._inbox.statistics().current_buffer_used
+        return BroadcasterStatistics(
+            channels=len(self._members),
+            subscriptions=sum(len(names) for names in self._memberships.values()),
+            broadcasts=counts["broadcasts"],
+            local_deliveries=counts["local_deliveries"],
+            published=counts["published"],
+            publish_failures=counts["publish_failures"],
+            received=counts["received"],
+            remote_deliveries=counts["remote_deliveries"],
+            echoes=counts["echoes"],
+            inbox=inbox,
+            inbox_dropped=counts["inbox_dropped"],
+            malformed=counts["malformed"],
+            backend=self.backend.statistics(),
+        )
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    async def subscribe(self, sock: ManagedSocket, channel: str) -> None:
+        """Add ``sock`` to ``channel`` (created if needed); idempotent.
+
+        Returns once the node receives the channel from other nodes (the backend
+        confirmed the subscription), or at once while the backend is down (it
+        subscribes when it reconnects). ``sock`` leaves every channel by itself
+        when it closes.
+        """
+        self._check_running()
+        name = check_channel_name(channel)
+        if not isinstance(sock, ManagedSocket):
+            raise TypeError(f"subscribe() takes a ManagedSocket, not {sock!r}")
+        members = self._members.setdefault(name, {})
+        if sock.id not in members:
+            members[sock.id] = sock
+            names = self._memberships.setdefault(sock.id, set())
+            names.add(name)
+            if len(names) == 1:
+                sock.add_close_callback(self._on_close)  # runs at once if already closed
+            if len(members) == 1:
+                self._changed.add(name)
+                self._request_sync()
+        await self._wait_synced(self._requested)
+
+    async def unsubscribe(self, sock: ManagedSocket, channel: str) -> None:
+        """Remove ``sock`` from ``channel``; nothing happens if it was not subscribed."""
+        self._check_running()
+        name = check_channel_name(channel)
+        self._remove(sock, name)
+        names = self._memberships.get(sock.id)
+        if names is not None and not names:
+            del self._memberships[sock.id]
+            sock.remove_close_callback(self._on_close)
+        await self._wait_synced(self._requested)
+
+    def _remove(self, sock: ManagedSocket, name: str) -> None:
+        members = self._members.get(name)
+        if members is None or members.pop(sock.id, None) is None:
+            return
+        self._memberships.get(sock.id, set()).discard(name)
+        if not members:
+            del self._members[name]
+            self._changed.add(name)
+            self._request_sync()
+
+    def _on_close(self, sock: ManagedSocket) -> None:
+        for name in list(self._memberships.get(sock.id, ())):
+            self._remove(sock, name)
+        self._memberships.pop(sock.id, None)
+
+    # -- publishing ----------------------------------------------------------------------
+
+    async def broadcast(
+        self,
+        channel: str,
+        message: Any,
+        *,
+        exclude: ManagedSocket | Collection[ManagedSocket] | None = None,
+        filter: Callable[[ManagedSocket], bool] | None = None,
+        on_full: OnFull = "wait",
+        local_only: bool = False,
+    ) -> int:
+        """Send ``message`` to every subscriber of ``channel``, on every node.
+
+        The message is encoded once (str -> text, bytes -> binary, else JSON),
+        queued on each local subscriber's send buffer (``on_full`` says what to
+        do with full buffers, as in ``WebSocketManager.broadcast``; other nodes
+        apply the same choice) and published to the backend once. Returns on
+        how many sockets *of this process* it was queued.
+
+        ``exclude``: a socket (or several) to skip, typically the sender.
+        ``filter(sock)``: a predicate on local sockets; it cannot run on other
+        nodes, so it needs ``local_only=True``. ``local_only``: do not publish.
+
+        Raises :class:`~trio_wsmgr.MessageEncodingError` before sending anything if
+        the message cannot be encoded, and :class:`~trio_wsmgr.BackendUnavailable`
+        (``.delivered`` = the local count) *after* local delivery if other nodes
+        could not be reached.
+        """
+        self._check_running()
+        name = check_channel_name(channel)
+        if filter is not None and not local_only:
+            raise ValueError(
+                "filter runs on this node only: pass local_only=True, "
+                "or use a channel per audience to reach other nodes"
+            )
+        check_on_full(on_full)
+        outgoing = Outgoing(message)
+        skip = _ids(exclude)
+        sockets = [
+            sock
+            for sock_id, sock in self._members.get(name, {}).items()
+            if sock_id not in skip and (filter is None or filter(sock))
+        ]
+        topic = None if local_only else name
+        return await self._send(sockets, outgoing, on_full, topic, None)
+
+    async def send_to_user(
+        self,
+        user_id: str,
+        message: Any,
+        *,
+        exclude: ManagedSocket | Collection[ManagedSocket] | None = None,
+        on_full: OnFull = "wait",
+        local_only: bool = False,
+    ) -> int:
+        """Send ``message`` to every socket of ``user_id``, on whichever node it is connected.
+
+        Local sockets are found through the managers given to :meth:`attach`;
+        other nodes do the same with theirs. Returns, raises and treats
+        ``exclude``/``on_full``/``local_only`` as :meth:`broadcast` does.
+        """
+        self._check_running()
+        if not isinstance(user_id, str):
+            raise TypeError(f"user_id must be a str, not {user_id!r}")
+        if len(user_id.encode("utf-8")) > 0xFFFF:
+            raise ValueError("user_id must be at most 65535 bytes in UTF-8")
+        check_on_full(on_full)
+        outgoing = Outgoing(message)
+        skip = _ids(exclude)
+        sockets = [s for s in self._user_sockets(user_id) if s.id not in skip]
+        topic = None if local_only else self._user_topic(user_id)
+        return await self._send(sockets, outgoing, on_full, topic, user_id)
+
+    async def _send(
+        self,
+        sockets: list[ManagedSocket],
+        outgoing: Outgoing,
+        on_full: OnFull,
+        topic: str | None,
+        user_id: str | None,
+    ) -> int:
+        self._counts["broadcasts"] += 1
+        # Sockets with room get the message now; the full ones wait (per on_full)
+        # after the publication, so a slow local consumer never delays other nodes.
+        queued, full = deliver_nowait(sockets, outgoing, on_full)
+        failure: BackendUnavailable | None = None
+        try:
+            if topic is not None:
+                data = encode_wire(self._node, outgoing, on_full, user_id)
+                try:
+                    await self.backend.publish(topic, data)
+                    self._counts["published"] += 1
+                except BackendUnavailable as exc:
+                    failure = exc
+            if full:
+                queued += await deliver(full, outgoing, on_full)
+            elif topic is None:
+                await trio.lowlevel.checkpoint()
+        finally:
+            self._counts["local_deliveries"] += queued
+        if failure is not None:
+            self._counts["publish_failures"] += 1
+            raise BackendUnavailable(
+                f"queued for {queued} local socket(s) but other nodes were not reached: {failure}",
+                delivered=queued,
+            ) from failure
+        return queued
+
+    def _user_topics(self) -> list[str]:
+        return [_USER_TOPIC.format(shard) for shard in range(self.user_shards)]
+
+    def _user_topic(self, user_id: str) -> str:
+        return _USER_TOPIC.format(zlib.crc32(user_id.encode("utf-8")) % self.user_shards)
+
+    def _user_sockets(self, user_id: str) -> list[ManagedSocket]:
+        return [sock for manager in self._managers for sock in manager.get_user_sockets(user_id)]
+
+    # -- receiving (sync callback, then the inbox task) ------------------------------------
+
+    def _receive(self, topic: str, data: bytes) -> None:
+        """The backend's callback: decide synchronously, queue without waiting."""
+        wire = decode_wire(data)
+        if wire is None:
+            self._counts["malformed"] += 1
+            return
+        if wire.node == self._node:
+            self._counts["echoes"] += 1
+            return
+        self._counts["received"] += 1
+        inbox = self._inbox
+        try:
+            if inbox is None:
+                raise trio.WouldBlock
+            inbox.send_nowait((topic, wire))
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            self._counts["inbox_dropped"] += 1
+
+    async def _run_inbox(self, inbox: trio.MemoryReceiveChannel[tuple[str, _Wire]]) -> None:
+        async for topic, wire in inbox:
+            if wire.user_id is not None:
+                sockets = self._user_sockets(wire.user_id)
+            else:
+                sockets = list(self._members.get(topic, {}).values())
+            if sockets:
+                queued = await deliver(sockets, wire.outgoing(), wire.on_full)
+                self._counts["remote_deliveries"] += queued
+
+    # -- applying subscription changes to the backend ---------------------------------------
+
+    def _request_sync(self) -> None:
+        self._requested += 1
+        self._sync_lot.unpark_all()
+
+    def _wants(self, topic: str) -> bool:
+        if topic.startswith("!"):
+            return bool(self._managers) and topic in self._user_topics()
+        return topic in self._members
+
+    async def _run_sync(self) -> None:
+        try:
+            while True:
+                while self._applied == self._requested:
+                    await self._sync_lot.park()
+                target = self._requested
+                changed, self._changed = self._changed, set()
+                add = sorted(t for t in changed if self._wants(t) and t not in self._backend_topics)
+                drop = sorted(
+                    t for t in changed if not self._wants(t) and t in self._backend_topics
+                )
+                if drop:
+                    self._backend_topics.difference_update(drop)
+                    await self.backend.unsubscribe(drop)
+                if add:
+                    self._backend_topics.update(add)
+                    await self.backend.subscribe(add)
+                self._applied = target
+                self._synced_lot.unpark_all()
+        finally:
+            self._syncing = False
+            self._synced_lot.unpark_all()
+
+    async def _wait_synced(self, generation: int) -> None:
+        """Wait until every subscription change requested so far reached the backend."""
+        if self._applied >= generation or not self._syncing:
+            await trio.lowlevel.checkpoint()
+            return
+        while self._applied < generation and self._syncing:
+            await self._synced_lot.park()
+
+    # -- lifetime ------------------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state != "running":
+            raise RuntimeError(f"the Broadcaster is {self._state}: use it inside 'async with'")
+
+    async def __aenter__(self) -> Broadcaster:
+        if self._state != "new":
+            raise RuntimeError("a Broadcaster can be entered only once")
+        self._state = "starting"
+        self._lifetime_cm = self._lifetime()
+        result: Broadcaster = await self._lifetime_cm.__aenter__()
+        return result
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        result: bool | None = await self._lifetime_cm.__aexit__(*exc_info)
+        return result
+
+    @asynccontextmanager
+    async def _lifetime(self) -> AsyncIterator[Broadcaster]:
+        send, receive = trio.open_memory_channel[tuple[str, _Wire]](self.inbox_size)
+        try:
+            with _unwrap_single_group(), send, receive:
+                async with trio.open_nursery() as nursery:
+                    self._inbox = send
+                    await nursery.start(self.backend.run, self._receive)
+                    nursery.start_soon(self._run_inbox, receive)
+                    self._syncing = True
+                    nursery.start_soon(self._run_sync)
+                    self._state = "running"
+                    try:
+                        await self._wait_synced(self._requested)
+                        yield self
+                    finally:
+                        self._state = "closed"
+                        nursery.cancel_scope.cancel()
+        finally:
+            self._state = "closed"
+            self._inbox = None
+            self._release_sockets()
+
+    def _release_sockets(self) -> None:
+        for members in self._members.values():
+            for sock in members.values():
+                sock.remove_close_callback(self._on_close)
+        self._members.clear()
+        self._memberships.clear()
+
+
+def _ids(exclude: ManagedSocket | Collection[ManagedSocket] | None) -> frozenset[int]:
+    if exclude is None:
+        return frozenset()
+    if isinstance(exclude, ManagedSocket):
+        return frozenset((exclude.id,))
+    return frozenset(sock.id for sock in exclude)
+
+
+@contextmanager
+def _unwrap_single_group() -> Iterator[None]:
+    """Raise the one real error of the nursery instead of an ExceptionGroup of one."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            inner = group.exceptions[0]
+            raise inner from inner.__cause__
+        raise
