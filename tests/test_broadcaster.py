@@ -374,6 +374,12 @@ class LoopbackBackend(Backend):
     topics: set[str] = attrs.field(factory=set)
     sent: list[tuple[str, bytes]] = attrs.field(factory=list)
     crash: BaseException | None = None
+    gate: trio.Event | None = None  # when set: channel (not user) topics wait for it
+
+    async def _pass(self, topics: Any) -> None:
+        if self.gate is not None and any(not topic.startswith("!") for topic in topics):
+            await self.gate.wait()
+        await trio.lowlevel.checkpoint()
 
     async def run(
         self, receive: Receiver, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -386,12 +392,12 @@ class LoopbackBackend(Backend):
         await trio.sleep_forever()
 
     async def publish(self, topic: str, data: bytes) -> None:
+        await self._pass([topic])
         self.sent.append((topic, data))
-        await trio.lowlevel.checkpoint()
 
     async def subscribe(self, topics: Any) -> None:
+        await self._pass(topics)
         self.topics.update(topics)
-        await trio.lowlevel.checkpoint()
 
     async def unsubscribe(self, topics: Any) -> None:
         self.topics.difference_update(topics)
@@ -430,6 +436,34 @@ async def test_the_body_error_comes_out_unwrapped() -> None:
     with pytest.raises(KeyError):
         async with Broadcaster():
             raise KeyError("mine")
+
+
+async def test_a_cancelled_subscribe_still_takes_effect() -> None:
+    backend = LoopbackBackend(gate=trio.Event())
+    async with running_node(backend) as a, client(a, "x") as x:
+        sock = a.sockets["x"]
+        with trio.move_on_after(0.05) as waiting:
+            await a.broadcaster.subscribe(sock, "gated")  # the backend does not confirm
+        assert waiting.cancelled_caught
+        assert sock in a.broadcaster.create_channel("gated")  # decided before waiting
+        backend.gate.set()
+        await eventually(lambda: "gated" in backend.topics, "the backend got the subscription")
+        assert await a.broadcaster.broadcast("gated", "hi") == 1
+        assert await recv(x) == "hi"
+
+
+async def test_a_cancelled_broadcast_has_already_served_local_subscribers() -> None:
+    backend = LoopbackBackend(gate=trio.Event())
+    async with running_node(backend) as a, client(a, "x") as x:
+        backend.gate.set()
+        await a.broadcaster.subscribe(a.sockets["x"], "lobby")
+        backend.gate = trio.Event()  # publications hang now
+        with trio.move_on_after(0.05) as waiting:
+            await a.broadcaster.broadcast("lobby", "local first")
+        assert waiting.cancelled_caught
+        assert await recv(x) == "local first"
+        assert backend.sent == []
+        assert a.broadcaster.statistics().local_deliveries == 1
 
 
 # -- contract: the same cases on both engines ---------------------------------------------

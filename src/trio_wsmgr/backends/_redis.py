@@ -76,6 +76,13 @@ def _redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def _summary(exc: BaseException) -> str:
+    """The leaf errors of a (possibly nested) exception group, for one log line."""
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(dict.fromkeys(_summary(inner) for inner in exc.exceptions))
+    return repr(exc)
+
+
 def _close_layout_streams(client: object) -> None:
     """Close what coredis 6.9's cluster layout never closes (else ResourceWarnings on GC)."""
     layout = getattr(getattr(client, "connection_pool", None), "cluster_layout", None)
@@ -214,10 +221,13 @@ class RedisBackend(Backend):
                         raise
                     failures += 1
                     self._counts["connection_failures"] += 1
-                    level = logging.WARNING if failures == 1 else logging.DEBUG
-                    logger.log(
-                        level, "Redis at %s unavailable: %r", _redact(self.url), exc, exc_info=True
-                    )
+                    if failures == 1:  # once per outage; the details at debug level
+                        logger.warning(
+                            "Redis at %s unavailable (%s); reconnecting with backoff",
+                            _redact(self.url),
+                            _summary(exc),
+                        )
+                    logger.debug("Redis session ended", exc_info=exc)
                 if not started:
                     started = True
                     task_status.started()
@@ -369,9 +379,9 @@ class RedisBackend(Backend):
                 return
             channels = [self.prefix + topic for topic in topics]
             try:
-                with trio.fail_after(self.command_timeout):
-                    for start in range(0, len(channels), _SUBSCRIBE_BATCH):
-                        batch = channels[start : start + _SUBSCRIBE_BATCH]
+                for start in range(0, len(channels), _SUBSCRIBE_BATCH):
+                    batch = channels[start : start + _SUBSCRIBE_BATCH]
+                    with trio.fail_after(self.command_timeout):
                         if subscribe:
                             await pubsub.subscribe(*batch)
                         else:
