@@ -1,0 +1,282 @@
+"""Soak test: many connections, heartbeats and a steady broadcast; then check nothing leaked.
+
+The server (a WebSocketManager, heartbeats on) runs in this process; the clients
+(the ``websockets`` asyncio client, which answers pings) run in a second process.
+Every client counts the broadcast sequence numbers it receives. At the end:
+
+* connections held during the run (every sample);
+* messages delivered per healthy client vs. messages sent (must be equal: no gap,
+  no duplicate, in order);
+* server memory (RSS) after everyone connected and at the end (must be flat);
+* open file descriptors and trio tasks after everyone left (back to baseline).
+
+Usage::
+
+    python bench/soak.py --connections 5000 --duration 600 --rate 2
+    python bench/soak.py --quick            # 300 connections, 20 s: what CI runs
+
+Writes ``bench/results/soak.json`` (or ``--output``) and prints a summary.
+Traffic goes to 127.0.0.1 only; everything stops by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+# -- client process ----------------------------------------------------------------
+
+
+async def _client_main(port: int, connections: int, expected_end: float) -> None:
+    from websockets.asyncio.client import connect
+
+    counts = [0] * connections
+    errors = [0] * connections
+    disordered = [0] * connections
+    connected = 0
+    all_connected = asyncio.Event()
+    stop = asyncio.Event()
+
+    async def one(index: int) -> None:
+        nonlocal connected
+        url = f"ws://127.0.0.1:{port}/soak"
+        for attempt in range(50):
+            try:
+                ws = await connect(url, compression=None, ping_interval=None, open_timeout=30)
+                break
+            except OSError:
+                await asyncio.sleep(0.05 * (attempt + 1))
+        else:
+            errors[index] += 1
+            return
+        connected += 1
+        if connected == connections:
+            all_connected.set()
+        last = -1
+        try:
+            async for message in ws:
+                if message == "end":
+                    break
+                seq = int(message.split(":", 1)[0])
+                if seq != last + 1:
+                    disordered[index] += 1
+                last = seq
+                counts[index] += 1
+        except Exception:
+            errors[index] += 1
+        finally:
+            await ws.close()
+
+    tasks = [asyncio.create_task(one(i)) for i in range(connections)]
+    await asyncio.wait_for(all_connected.wait(), timeout=120)
+    print(json.dumps({"event": "connected", "connections": connected}), flush=True)
+    try:
+        await asyncio.wait_for(asyncio.gather(*tasks), timeout=expected_end + 120)
+    except TimeoutError:
+        stop.set()
+    print(
+        json.dumps(
+            {
+                "event": "done",
+                "counts": counts,
+                "errors": sum(errors),
+                "disordered": sum(disordered),
+            }
+        ),
+        flush=True,
+    )
+
+
+def client(args: argparse.Namespace) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    asyncio.run(_client_main(args.port, args.connections, args.duration))
+
+
+# -- server side (this process) --------------------------------------------------------
+
+
+def _rss_kib() -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _trio_tasks() -> int:
+    import trio
+    import trio.testing
+
+    def count(task: Any) -> int:
+        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+
+    return count(trio.lowlevel.current_root_task())
+
+
+async def _server_main(args: argparse.Namespace) -> dict[str, Any]:
+    import trio
+    import trio.testing
+
+    from trio_wsmgr import WebSocketManager
+
+    manager = WebSocketManager(
+        heartbeat_interval=args.heartbeat,
+        heartbeat_timeout=args.heartbeat,
+        compression=None,
+        max_connections=args.connections + 100,
+    )
+
+    async def handler(sock: Any) -> None:
+        async for _ in sock:
+            pass
+
+    report: dict[str, Any] = {
+        "connections": args.connections,
+        "duration_s": args.duration,
+        "rate_per_s": args.rate,
+        "heartbeat_s": args.heartbeat,
+    }
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(manager.serve, handler, "127.0.0.1", 0)
+        gc.collect()
+        report["baseline"] = {"fds": _open_fds(), "tasks": _trio_tasks(), "rss_kib": _rss_kib()}
+        proc = await trio.lowlevel.open_process(
+            [
+                sys.executable,
+                __file__,
+                "client",
+                "--port",
+                str(server.port),
+                "--connections",
+                str(args.connections),
+                "--duration",
+                str(args.duration),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        lines = _lines(proc.stdout)
+        first = json.loads(await lines.__anext__())
+        assert first["event"] == "connected", first
+        with trio.fail_after(60):
+            while manager.get_active_connections() < args.connections:
+                await trio.sleep(0.05)
+        gc.collect()
+        report["after_connect"] = {"rss_kib": _rss_kib(), "tasks": _trio_tasks()}
+        samples: list[int] = []
+        sent = 0
+        interval = 1 / args.rate
+        start = trio.current_time()
+        next_sample = start
+        while trio.current_time() - start < args.duration:
+            await manager.broadcast(f"{sent}:{'x' * 48}")
+            sent += 1
+            if trio.current_time() >= next_sample:
+                samples.append(manager.get_active_connections())
+                next_sample += 1
+            await trio.sleep_until(start + sent * interval)
+        gc.collect()
+        report["end_of_load"] = {"rss_kib": _rss_kib()}
+        await manager.broadcast("end")
+        done = json.loads(await lines.__anext__())
+        await proc.wait()
+        await proc.stdout.aclose()
+        with trio.fail_after(30):
+            while manager.get_active_connections():
+                await trio.sleep(0.05)
+        await trio.testing.wait_all_tasks_blocked(cushion=0.2)
+        gc.collect()
+        stats = manager.statistics()
+        report["after_disconnect"] = {"fds": _open_fds(), "tasks": _trio_tasks()}
+        counts = done["counts"]
+        report.update(
+            sent=sent,
+            held_min=min(samples) if samples else 0,
+            held_max=max(samples) if samples else 0,
+            delivered_min=min(counts),
+            delivered_max=max(counts),
+            clients_with_every_message=sum(1 for c in counts if c == sent),
+            client_errors=done["errors"],
+            out_of_order=done["disordered"],
+            heartbeat_timeouts=stats.heartbeat_timeouts,
+            slow_consumer_closes=stats.slow_consumer_closes,
+        )
+        nursery.cancel_scope.cancel()
+    rss_growth = report["end_of_load"]["rss_kib"] - report["after_connect"]["rss_kib"]
+    report["rss_growth_kib"] = rss_growth
+    report["ok"] = bool(
+        report["clients_with_every_message"] == args.connections
+        and report["held_min"] == args.connections
+        and report["client_errors"] == 0
+        and report["out_of_order"] == 0
+        and report["after_disconnect"]["fds"] == report["baseline"]["fds"]
+        and report["after_disconnect"]["tasks"] == report["baseline"]["tasks"]
+        # flat: growth under 5% of the connected footprint (allocator noise)
+        and rss_growth <= 0.05 * report["after_connect"]["rss_kib"]
+    )
+    return report
+
+
+async def _lines_impl(stream: Any) -> Any:
+    buffer = b""
+    while True:
+        chunk = await stream.receive_some(1 << 20)
+        if not chunk:
+            return
+        buffer += chunk
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            yield line.decode()
+
+
+def _lines(stream: Any) -> Any:
+    return _lines_impl(stream)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("role", nargs="?", default="server", choices=["server", "client"])
+    parser.add_argument("--connections", type=int, default=5000)
+    parser.add_argument("--duration", type=float, default=600)
+    parser.add_argument("--rate", type=float, default=2.0, help="broadcasts per second")
+    parser.add_argument("--heartbeat", type=float, default=5.0)
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="300 connections for 20 s")
+    parser.add_argument("--output", type=Path, default=RESULTS / "soak.json")
+    args = parser.parse_args(argv)
+    if args.role == "client":
+        client(args)
+        return 0
+    if args.quick:
+        args.connections, args.duration, args.rate, args.heartbeat = 300, 20, 5, 2
+    resource.setrlimit(resource.RLIMIT_NOFILE, (20000, 20000))
+    import trio
+    import trio.testing
+
+    started = time.time()
+    report = trio.run(_server_main, args)
+    report["wall_s"] = round(time.time() - started, 1)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
