@@ -998,3 +998,27 @@ async def test_hundreds_of_acquirers_with_cancellations_never_exceed_the_cap(
     stats = pool.statistics()
     assert (stats.active, stats.waiting, stats.connecting) == (0, 0, 0)
     assert stats.idle <= 4
+
+
+async def test_pool_negotiates_compression_with_a_trio_wsmgr_server() -> None:
+    from trio_wsmgr import Compression, ManagedSocket, WebSocketManager
+
+    manager = WebSocketManager(heartbeat_interval=math.inf)
+    seen: list[ManagedSocket] = []
+
+    async def echo(sock: ManagedSocket) -> None:
+        seen.append(sock)
+        async for message in sock:
+            await sock.send(message)
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(manager.serve, echo, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{server.port}/rpc"
+        for compression, expected in ((Compression(), True), (None, False)):
+            pool = WebSocketPool(url, min_connections=0, compression=compression)
+            async with pool, pool.acquire() as conn:
+                text = "squeeze " * 400
+                await conn.send_message(text)
+                assert await conn.get_message() == text
+                assert seen[-1].statistics().compressed is expected
+        await manager.close()

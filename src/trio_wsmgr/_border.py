@@ -19,6 +19,8 @@ What we touch (all on ``WebSocketConnection`` / ``WebSocketRequest``):
 ``conn._send``          the locked write trio-websocket itself uses
 ``conn._recv_channel``  how many received messages wait for the application
 ``conn._max_message_size``
+``conn._initial_request`` a client's opening request, to offer extensions
+``conn._reader_task``   started as trio-websocket's own client starts it
 =====================  ====================================================
 
 Data frames are encoded here too (:func:`encode_frame`), so that one broadcast
@@ -30,9 +32,11 @@ from __future__ import annotations
 import struct
 from collections.abc import Sequence
 
+import trio
 import trio_websocket
+from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import AcceptConnection, CloseConnection
+from wsproto.events import AcceptConnection, CloseConnection, Request
 from wsproto.extensions import Extension
 
 from ._transport import BufferedStream
@@ -155,3 +159,55 @@ def send_close_nowait(
         stream.write_nowait(data)
     except Exception:
         return
+
+
+async def wrap_client_stream(
+    nursery: trio.Nursery,
+    stream: trio.SocketStream | trio.SSLStream[trio.SocketStream],
+    host: str,
+    resource: str,
+    *,
+    subprotocols: Sequence[str],
+    extra_headers: list[tuple[bytes, bytes]],
+    extensions: Sequence[Extension],
+    message_queue_size: int,
+    max_message_size: int,
+) -> trio_websocket.WebSocketConnection:
+    """``trio_websocket.wrap_client_stream``, but offering ``extensions`` (compression).
+
+    trio-websocket's client sends a request without extensions; this one puts
+    ours in it before the reader task sends it. The handshake is awaited.
+    """
+    if not extensions:
+        return await trio_websocket.wrap_client_stream(
+            nursery,
+            stream,
+            host,
+            resource,
+            subprotocols=list(subprotocols),
+            extra_headers=extra_headers,
+            message_queue_size=message_queue_size,
+            max_message_size=max_message_size,
+        )
+    conn = trio_websocket.WebSocketConnection(
+        stream,
+        WSConnection(ConnectionType.CLIENT),
+        host=host,
+        path=resource,
+        client_subprotocols=list(subprotocols),
+        client_extra_headers=extra_headers,
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+    )
+    request = conn._initial_request
+    assert request is not None
+    conn._initial_request = Request(
+        host=request.host,
+        target=request.target,
+        subprotocols=list(request.subprotocols),
+        extra_headers=list(request.extra_headers),
+        extensions=list(extensions),
+    )
+    nursery.start_soon(conn._reader_task)
+    await conn._open_handshake.wait()
+    return conn

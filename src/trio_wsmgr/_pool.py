@@ -33,6 +33,7 @@ import trio_websocket
 
 from . import _border
 from ._backoff import Backoff, count, instance_of, seconds
+from ._compression import Compression, PerMessageDeflate
 from ._config import CloseCode
 from ._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
 from ._health import (
@@ -216,6 +217,12 @@ class WebSocketPool:
     max_message_size: int = attrs.field(default=1 << 20, kw_only=True, validator=count(1))
     #: received messages buffered per connection before reading pauses
     message_queue_size: int = attrs.field(default=1, kw_only=True, validator=count(0))
+    #: permessage-deflate offered in every handshake (``None``: no compression)
+    compression: Compression | None = attrs.field(
+        default=None,
+        kw_only=True,
+        validator=attrs.validators.optional(instance_of(Compression, "a Compression(...)")),
+    )
     #: the random source of the back-off jitter
     rng: random.Random = attrs.field(
         factory=random.Random,
@@ -513,13 +520,14 @@ class WebSocketPool:
                     try:
                         with trio.fail_after(self.connect_timeout):
                             stream = await self._open_stream()
-                            conn = await trio_websocket.wrap_client_stream(
+                            conn = await _border.wrap_client_stream(
                                 reader,
                                 stream,
                                 self._target.host_header,
                                 self._target.resource,
                                 subprotocols=self.subprotocols,
                                 extra_headers=list(self.extra_headers),
+                                extensions=self._extensions(),
                                 message_queue_size=self.message_queue_size,
                                 max_message_size=self.max_message_size,
                             )
@@ -535,6 +543,11 @@ class WebSocketPool:
                 closer.cancel_scope.cancel()
                 if stream is not None:
                     await trio.aclose_forcefully(stream)
+
+    def _extensions(self) -> list[PerMessageDeflate]:
+        if self.compression is None:
+            return []
+        return [self.compression.extension(max_message_size=self.max_message_size)]
 
     async def _open_stream(self) -> trio.SocketStream | trio.SSLStream[trio.SocketStream]:
         target = self._target
