@@ -1,42 +1,17 @@
-"""Reconnect back-off (exponential, capped, jittered) and the option checks the pool shares.
+"""Reconnect back-off (exponential, capped, jittered).
 
 Plain synchronous arithmetic; the random source is passed in, so tests are deterministic.
-The validators raise ``TypeError`` / ``ValueError`` naming the option, as attrs validators.
 """
 
 from __future__ import annotations
 
 import math
 import random
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 
-
-def seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0 (math.inf means never), not {value!r}")
-
-
-def count(minimum: int) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise TypeError(f"{attribute.name} must be an int, not {value!r}")
-        if value < minimum:
-            raise ValueError(f"{attribute.name} must be >= {minimum}, not {value!r}")
-
-    return check
-
-
-def instance_of(kind: type, text: str) -> Callable[[object, attrs.Attribute[Any], object], None]:
-    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-        if not isinstance(value, kind):
-            raise TypeError(f"{attribute.name} must be {text}, not {value!r}")
-
-    return check
+from ._validators import seconds
 
 
 def _factor(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:

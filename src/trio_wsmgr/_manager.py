@@ -25,6 +25,7 @@ from ._message import DeflateCompressor, Outgoing
 from ._registry import Registry
 from ._socket import ManagedSocket
 from ._transport import BufferedStream
+from ._validators import instance_of, limit, optional_callable, seconds
 
 logger = logging.getLogger("trio_wsmgr")
 
@@ -37,30 +38,6 @@ class _Unset:
 
 
 UNSET: Final = _Unset()
-
-
-def _positive_number(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0 (math.inf means never), not {value!r}")
-
-
-def _limit(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be an int (or math.inf), not {value!r}")
-    if value < 1 or (isinstance(value, float) and not math.isinf(value)):
-        raise ValueError(f"{attribute.name} must be an int >= 1 or math.inf, not {value!r}")
-
-
-def _optional_callable(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not callable(value):
-        raise TypeError(f"{attribute.name} must be callable(request) or None, not {value!r}")
-
-
-def _compression(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and not isinstance(value, Compression):
-        raise TypeError(f"{attribute.name} must be a Compression(...) or None, not {value!r}")
 
 
 def _str_tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
@@ -118,23 +95,26 @@ class WebSocketManager:
     :doc:`/topics/security` for every limit and close code.
     """
 
-    max_connections: int | float = attrs.field(default=10_000, validator=_limit)
-    connection_timeout: float = attrs.field(default=10.0, validator=_positive_number)
-    heartbeat_interval: float = attrs.field(default=20.0, validator=_positive_number)
-    heartbeat_timeout: float = attrs.field(default=20.0, validator=_positive_number)
-    authentication: Authenticator | None = attrs.field(default=None, validator=_optional_callable)
-    compression: Compression | None = attrs.field(factory=Compression, validator=_compression)
+    max_connections: int | float = attrs.field(default=10_000, validator=limit)
+    connection_timeout: float = attrs.field(default=10.0, validator=seconds)
+    heartbeat_interval: float = attrs.field(default=20.0, validator=seconds)
+    heartbeat_timeout: float = attrs.field(default=20.0, validator=seconds)
+    authentication: Authenticator | None = attrs.field(default=None, validator=optional_callable)
+    compression: Compression | None = attrs.field(
+        factory=Compression,
+        validator=attrs.validators.optional(instance_of(Compression, "a Compression(...) or None")),
+    )
     protocols: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
     allowed_origins: tuple[str, ...] | None = attrs.field(default=None, converter=_str_tuple)
-    max_message_size: int | float = attrs.field(default=1 << 20, validator=_limit)
-    send_buffer_size: int | float = attrs.field(default=256 * 1024, validator=_limit)
-    slow_consumer_timeout: float = attrs.field(default=1.0, validator=_positive_number)
-    close_timeout: float = attrs.field(default=5.0, validator=_positive_number)
-    max_incoming_queue: int | float = attrs.field(default=16, validator=_limit)
-    max_connections_per_user: int | float = attrs.field(default=math.inf, validator=_limit)
-    max_connections_per_address: int | float = attrs.field(default=math.inf, validator=_limit)
-    max_messages_per_second: float = attrs.field(default=math.inf, validator=_positive_number)
-    receive_buffer_size: int = attrs.field(default=16 * 1024, validator=_limit)
+    max_message_size: int | float = attrs.field(default=1 << 20, validator=limit)
+    send_buffer_size: int | float = attrs.field(default=256 * 1024, validator=limit)
+    slow_consumer_timeout: float = attrs.field(default=1.0, validator=seconds)
+    close_timeout: float = attrs.field(default=5.0, validator=seconds)
+    max_incoming_queue: int | float = attrs.field(default=16, validator=limit)
+    max_connections_per_user: int | float = attrs.field(default=math.inf, validator=limit)
+    max_connections_per_address: int | float = attrs.field(default=math.inf, validator=limit)
+    max_messages_per_second: float = attrs.field(default=math.inf, validator=seconds)
+    receive_buffer_size: int = attrs.field(default=16 * 1024, validator=limit)
 
     _registry: Registry[ManagedSocket] = attrs.field(init=False, repr=False, factory=Registry)
     _closing: bool = attrs.field(init=False, repr=False, default=False)

@@ -32,7 +32,7 @@ import trio
 import trio_websocket
 
 from . import _border
-from ._backoff import Backoff, count, instance_of, seconds
+from ._backoff import Backoff
 from ._compression import Compression, PerMessageDeflate
 from ._config import CloseCode
 from ._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
@@ -46,6 +46,7 @@ from ._health import (
     SlotState,
     Waiter,
 )
+from ._validators import count, instance_of, seconds
 
 #: the errors that mean "this connection is broken" when they leave ``async with acquire()``
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
