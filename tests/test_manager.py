@@ -265,6 +265,17 @@ async def test_broadcast_reaches_filtered_sockets_and_returns_the_count() -> Non
         assert await b.recv() == "all"
 
 
+async def test_a_closing_socket_leaves_the_registry_at_once(autojump_clock: Any) -> None:
+    manager = WebSocketManager(authentication=lambda request: "u", close_timeout=5)
+    async with open_peer(manager, idle, lockstep=True) as peer:  # never answers the close
+        (sock,) = manager.get_user_sockets("u")
+        sock.close_nowait(1000)
+        assert manager.get_user_sockets("u") == []
+        assert manager.get_active_connections() == 0
+        assert await manager.broadcast("nobody") == 0
+        _ = peer
+
+
 async def test_healthy_peer_gets_every_message_in_order_when_producer_is_faster() -> None:
     manager = quiet(send_buffer_size=64 * 1024)
     total = 3000

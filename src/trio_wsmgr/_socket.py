@@ -311,6 +311,7 @@ class ManagedSocket:
 
     def _start_close(self, code: int, reason: str) -> None:
         self._closing = True
+        self._manager._unregister(self)  # a closing socket is no longer "open" to anyone
         if self.close_code is None:
             self.close_code = int(code)
             self.close_reason = reason
