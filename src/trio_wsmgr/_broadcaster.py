@@ -302,6 +302,10 @@ class Broadcaster:
         """Names of the created channels and of those with local subscribers."""
         return sorted(self._channels.keys() | self._members.keys())
 
+    def subscriber_counts(self) -> dict[str, int]:
+        """Local subscribers per channel, for channels that have any (a snapshot)."""
+        return {name: len(members) for name, members in self._members.items()}
+
     def channels_of(self, sock: ManagedSocket) -> list[str]:
         """The channels ``sock`` is subscribed to."""
         return sorted(self._memberships.get(sock.id, ()))
