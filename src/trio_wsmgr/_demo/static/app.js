@@ -1,0 +1,257 @@
+// The trio-wsmgr demo page: plain JavaScript, no build step, no dependencies.
+// It speaks JSON with /ws: it sends {type: "join", room} and {type: "say", text};
+// it receives welcome, joined, message, presence, stats and error objects.
+"use strict";
+
+const DEFAULT_ROOM = "lobby";
+const NAME_KEY = "trio-wsmgr-demo-name";
+
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  ws: null,
+  me: null,
+  node: null,
+  room: null,
+  wantedRoom: roomFromHash() || DEFAULT_ROOM,
+  rooms: new Set(),
+  rosters: new Map(), // node id -> {users: [{name, sockets}], expires: ms}
+  retries: 0,
+  retryTimer: null,
+};
+
+function roomFromHash() {
+  const room = decodeURIComponent(location.hash.slice(1)).toLowerCase();
+  return /^[a-z0-9][a-z0-9-]{0,31}$/.test(room) ? room : null;
+}
+
+function wantedName() {
+  const fromQuery = new URLSearchParams(location.search).get("name");
+  return fromQuery || localStorage.getItem(NAME_KEY) || "";
+}
+
+// -- the connection ---------------------------------------------------------------
+
+function connect() {
+  clearTimeout(state.retryTimer);
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const name = wantedName();
+  const query = name ? "?name=" + encodeURIComponent(name) : "";
+  const ws = new WebSocket(`${scheme}//${location.host}/ws${query}`);
+  state.ws = ws;
+  setStatus("connecting", "connecting…");
+
+  ws.addEventListener("open", () => {
+    state.retries = 0;
+    setStatus("open", "connected");
+  });
+  ws.addEventListener("message", (event) => {
+    let data;
+    try {
+      data = JSON.parse(event.data);
+    } catch {
+      return;
+    }
+    const handler = handlers[data.type];
+    if (handler) handler(data);
+  });
+  ws.addEventListener("close", (event) => {
+    if (state.ws !== ws) return; // replaced by a newer connection (a rename)
+    state.room = null;
+    state.rosters.clear();
+    renderUsers();
+    const why = event.code === 1001 ? "server going away" : `closed ${event.code}`;
+    const delay = Math.min(10000, 500 * 2 ** state.retries) * (0.75 + Math.random() / 2);
+    state.retries += 1;
+    setStatus("closed", `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s`);
+    state.retryTimer = setTimeout(connect, delay);
+  });
+}
+
+function send(message) {
+  if (state.ws && state.ws.readyState === WebSocket.OPEN) {
+    state.ws.send(JSON.stringify(message));
+    return true;
+  }
+  return false;
+}
+
+function join(room) {
+  state.wantedRoom = room;
+  send({ type: "join", room });
+}
+
+// -- what the server says ---------------------------------------------------------
+
+const handlers = {
+  welcome(data) {
+    state.me = data.user;
+    state.node = data.node;
+    localStorage.setItem(NAME_KEY, data.user);
+    $("name-input").value = data.user;
+    $("stat-me").textContent = data.user;
+    $("stat-node").textContent = data.node;
+    $("stat-compression").textContent = data.compressed ? "on" : "off";
+    for (const room of data.rooms) state.rooms.add(room);
+    join(state.wantedRoom);
+  },
+
+  joined(data) {
+    if (data.room !== state.room) {
+      state.room = data.room;
+      state.rooms.add(data.room);
+      state.rosters.clear();
+      $("messages").replaceChildren();
+      history.replaceState(null, "", "#" + data.room);
+      systemLine(`You joined #${data.room} as ${state.me}.`);
+    }
+    $("room-title").textContent = "#" + data.room;
+    $("room-heading").textContent = "#" + data.room;
+    renderRooms();
+    renderUsers();
+  },
+
+  message(data) {
+    if (data.room !== state.room) return;
+    const item = document.createElement("li");
+    item.className = data.user === state.me ? "message mine" : "message";
+    const time = document.createElement("time");
+    const when = new Date(data.time * 1000);
+    time.dateTime = when.toISOString();
+    time.textContent = when.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+    const who = document.createElement("strong");
+    who.textContent = data.user;
+    const text = document.createElement("span");
+    text.className = "text";
+    text.textContent = data.text;
+    item.append(time, who, text);
+    appendLine(item);
+  },
+
+  presence(data) {
+    if (data.room !== state.room) return;
+    state.rosters.set(data.node, { users: data.users, expires: Date.now() + data.ttl * 1000 });
+    renderUsers();
+  },
+
+  stats(data) {
+    $("stat-sockets").textContent = data.node_sockets;
+    $("stat-users").textContent = data.node_users;
+    $("stat-room").textContent = data.room_sockets;
+    $("stat-rtt").textContent = data.rtt_ms === null ? "waiting for a ping…" : `${data.rtt_ms} ms`;
+    $("stat-messages").textContent = `${data.messages_in} / ${data.messages_out}`;
+  },
+
+  error(data) {
+    systemLine(data.message, "error");
+  },
+};
+
+// -- rendering ----------------------------------------------------------------------
+
+function setStatus(name, text) {
+  document.body.dataset.state = name;
+  $("status").textContent = text;
+}
+
+function appendLine(item) {
+  const list = $("messages");
+  const atBottom = list.scrollTop + list.clientHeight >= list.scrollHeight - 8;
+  list.append(item);
+  while (list.children.length > 200) list.firstElementChild.remove();
+  if (atBottom) list.scrollTop = list.scrollHeight;
+}
+
+function systemLine(text, kind = "system") {
+  const item = document.createElement("li");
+  item.className = kind;
+  item.textContent = text;
+  appendLine(item);
+}
+
+function renderRooms() {
+  const list = $("rooms");
+  list.replaceChildren();
+  for (const room of [...state.rooms].sort()) {
+    const item = document.createElement("li");
+    const button = document.createElement("button");
+    button.type = "button";
+    button.textContent = "#" + room;
+    button.dataset.room = room;
+    if (room === state.room) button.setAttribute("aria-current", "true");
+    button.addEventListener("click", () => join(room));
+    item.append(button);
+    list.append(item);
+  }
+}
+
+function renderUsers() {
+  const now = Date.now();
+  const merged = new Map(); // name -> sockets, over every node's roster
+  for (const [node, roster] of state.rosters) {
+    if (roster.expires < now) {
+      state.rosters.delete(node);
+      continue;
+    }
+    for (const user of roster.users) {
+      merged.set(user.name, (merged.get(user.name) || 0) + user.sockets);
+    }
+  }
+  const list = $("users");
+  list.replaceChildren();
+  for (const name of [...merged.keys()].sort()) {
+    const item = document.createElement("li");
+    item.dataset.user = name;
+    item.textContent = name;
+    const sockets = merged.get(name);
+    const notes = [];
+    if (name === state.me) notes.push("you");
+    if (sockets > 1) notes.push(`${sockets} tabs`);
+    if (notes.length) {
+      const note = document.createElement("small");
+      note.textContent = ` (${notes.join(", ")})`;
+      item.append(note);
+    }
+    list.append(item);
+  }
+}
+
+// -- the forms ------------------------------------------------------------------------
+
+$("say-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = $("message-input");
+  const text = input.value.trim();
+  if (text && send({ type: "say", text })) input.value = "";
+});
+
+$("room-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const input = $("room-input");
+  const room = input.value.trim().toLowerCase();
+  if (room) {
+    join(room);
+    input.value = "";
+  }
+});
+
+$("name-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const name = $("name-input").value.trim();
+  if (!name || name === state.me) return;
+  localStorage.setItem(NAME_KEY, name);
+  const url = new URL(location.href);
+  url.searchParams.delete("name");
+  history.replaceState(null, "", url);
+  const old = state.ws;
+  connect(); // the new connection first, so the room never looks empty
+  if (old) old.close(1000, "renamed");
+});
+
+window.addEventListener("hashchange", () => {
+  const room = roomFromHash();
+  if (room && room !== state.room) join(room);
+});
+
+setInterval(renderUsers, 1000); // forget the rosters of nodes that stopped refreshing
+connect();

@@ -1,0 +1,275 @@
+"""A minimal HTTP/1.1 front: a few static pages and the WebSocket endpoint on one port.
+
+Not a web server. It reads one request head per connection (with h11, under a
+timeout and a size cap) and then does exactly one of three things:
+
+* a ``GET`` of the WebSocket path that asks for ``Upgrade: websocket`` is
+  handed to :meth:`WebSocketManager.serve_stream`, with the bytes already read
+  put back in front of the stream (:class:`PrefixedStream`), so the manager
+  sees the handshake as if it had read it itself;
+* a ``GET`` or ``HEAD`` of a known route is answered from memory with
+  ``Content-Type``, ``Content-Length``, ``Cache-Control`` and
+  ``X-Content-Type-Options: nosniff`` (plus a strict Content-Security-Policy);
+* anything else gets a short plain-text error: 400 (malformed), 404, 405
+  (with ``Allow``), 408 (head too slow), 426 (the WebSocket path without an
+  upgrade) or 431 (head too large).
+
+Every answer ends the connection (``Connection: close``). Which answer is
+decided synchronously by :func:`route` from the parsed request; only reading
+and writing are async. Bad input never raises out of :meth:`HttpFront.serve_stream`.
+"""
+
+from __future__ import annotations
+
+import http
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from functools import partial
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+import h11
+import trio
+
+from ._manager import Handler, Server, WebSocketManager
+
+logger = logging.getLogger("trio_wsmgr.http")
+
+#: headers on every successful static answer (besides type, length and caching)
+SECURITY_HEADERS: Final[tuple[tuple[str, str], ...]] = (
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    (
+        "Content-Security-Policy",
+        "default-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+)
+_READ_CHUNK = 4096
+_IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+
+@attrs.frozen
+class Resource:
+    """A static answer: the body and its ``Content-Type``."""
+
+    body: bytes
+    content_type: str
+    cache_control: str = "no-cache"
+
+
+@attrs.frozen
+class Answer:
+    """What :func:`route` decided: an HTTP response (``websocket`` False) or the hand-over."""
+
+    status: int
+    headers: tuple[tuple[str, str], ...] = ()
+    body: bytes = b""
+    #: HEAD: send the headers (with the full Content-Length) but not the body
+    head_only: bool = False
+    #: hand the connection to the WebSocket manager instead of answering
+    websocket: bool = False
+
+    def to_bytes(self) -> bytes:
+        """The whole response as it goes on the wire."""
+        phrase = http.HTTPStatus(self.status).phrase
+        lines = [f"HTTP/1.1 {self.status} {phrase}"]
+        lines += [f"{name}: {value}" for name, value in self.headers]
+        lines += [f"Content-Length: {len(self.body)}", "Connection: close", "", ""]
+        head = "\r\n".join(lines).encode("latin-1")
+        return head if self.head_only else head + self.body
+
+
+UPGRADE: Final = Answer(101, websocket=True)
+
+
+def error(status: int, *headers: tuple[str, str]) -> Answer:
+    """A short plain-text error answer."""
+    text = f"{status} {http.HTTPStatus(status).phrase}\n".encode()
+    return Answer(
+        status,
+        (
+            ("Content-Type", "text/plain; charset=utf-8"),
+            ("Cache-Control", "no-store"),
+            ("X-Content-Type-Options", "nosniff"),
+            *headers,
+        ),
+        text,
+    )
+
+
+def _header_tokens(request: h11.Request, name: bytes) -> set[bytes]:
+    """The comma-separated tokens of every ``name`` header, lower-cased."""
+    tokens: set[bytes] = set()
+    for key, value in request.headers:
+        if key == name:
+            tokens.update(part.strip().lower() for part in value.split(b","))
+    return tokens
+
+
+def request_path(target: bytes) -> str | None:
+    """The path of a request target (origin or absolute form); None if it has none."""
+    text = target.decode("ascii", "replace")
+    if text.startswith("/"):
+        return text.partition("?")[0].partition("#")[0]
+    if "://" in text:
+        return urlsplit(text).path or "/"
+    return None  # "*" or an authority: not for us
+
+
+def route(request: h11.Request, routes: Mapping[str, Resource], websocket_path: str) -> Answer:
+    """Decide, synchronously, how to answer ``request``."""
+    path = request_path(request.target)
+    method = request.method
+    if path is None:
+        return error(400)
+    if path == websocket_path:
+        if method != b"GET":
+            return error(405, ("Allow", "GET"))
+        if b"websocket" not in _header_tokens(request, b"upgrade"):
+            return error(426, ("Upgrade", "websocket"))
+        return UPGRADE
+    resource = routes.get(path)
+    if resource is None:
+        return error(404)
+    if method not in (b"GET", b"HEAD"):
+        return error(405, ("Allow", "GET, HEAD"))
+    return Answer(
+        200,
+        (
+            ("Content-Type", resource.content_type),
+            ("Cache-Control", resource.cache_control),
+            *SECURITY_HEADERS,
+        ),
+        resource.body,
+        head_only=method == b"HEAD",
+    )
+
+
+class PrefixedStream(trio.abc.Stream):
+    """``stream`` with ``prefix`` put back in front of what it receives.
+
+    The front reads the request head before it knows who should handle the
+    connection; the WebSocket side then reads those same bytes from here.
+    """
+
+    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
+        self.transport_stream = stream
+        self._prefix = prefix
+
+    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        if not self._prefix:
+            return await self.transport_stream.receive_some(max_bytes)
+        await trio.lowlevel.checkpoint()
+        if max_bytes is None or max_bytes >= len(self._prefix):
+            data, self._prefix = self._prefix, b""
+        else:
+            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
+        return data
+
+    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
+        await self.transport_stream.send_all(data)
+
+    async def wait_send_all_might_not_block(self) -> None:
+        await self.transport_stream.wait_send_all_might_not_block()
+
+    async def aclose(self) -> None:
+        await self.transport_stream.aclose()
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{attribute.name} must be a number, not {value!r}")
+    if math.isnan(value) or value <= 0:
+        raise ValueError(f"{attribute.name} must be > 0, not {value!r}")
+
+
+def _routes(value: Mapping[str, Resource]) -> Mapping[str, Resource]:
+    for path, resource in value.items():
+        if not path.startswith("/") or not isinstance(resource, Resource):
+            raise TypeError(f"routes maps '/paths' to Resource objects, not {path!r}: {resource!r}")
+    return dict(value)
+
+
+@attrs.define(kw_only=True, eq=False)
+class HttpFront:
+    """Serve ``routes`` and, at ``websocket_path``, ``manager`` running ``handler``."""
+
+    manager: WebSocketManager
+    handler: Handler
+    routes: Mapping[str, Resource] = attrs.field(factory=dict, converter=_routes)
+    websocket_path: str = "/ws"
+    #: the request head must arrive within this many seconds (then 408)
+    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: the largest request head accepted, in bytes (then 431)
+    max_head_size: int = attrs.field(default=16 * 1024, validator=_positive)
+    #: an answer must be written within this many seconds (else the connection is dropped)
+    write_timeout: float = attrs.field(default=10.0, validator=_positive)
+
+    async def serve(
+        self,
+        host: str | None,
+        port: int,
+        *,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen on ``host:port`` until cancelled: ``await nursery.start(front.serve, ...)``.
+
+        Cancelling it cancels every connection; the WebSocket ones close with
+        the manager's close code (1001 unless ``manager.close()`` chose another).
+        """
+        listeners = await trio.open_tcp_listeners(port, host=host)
+        await self.serve_listeners(listeners, task_status=task_status)
+
+    async def serve_listeners(
+        self,
+        listeners: Sequence[trio.SocketListener],
+        *,
+        task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Like :meth:`serve`, on listeners opened beforehand (so a busy port fails early)."""
+        async with trio.open_nursery() as nursery:
+            await nursery.start(partial(trio.serve_listeners, self.serve_stream, list(listeners)))
+            task_status.started(Server(tuple(listeners)))
+
+    async def serve_stream(self, stream: trio.abc.Stream) -> None:
+        """Answer the one request on ``stream`` (or hand it to the manager); then close."""
+        handed_over = False
+        try:
+            received = bytearray()
+            answer = await self._read_and_route(stream, received)
+            if answer is not None and answer.websocket:
+                handed_over = True
+                await self.manager.serve_stream(
+                    self.handler, PrefixedStream(stream, bytes(received))
+                )
+            elif answer is not None:
+                with trio.move_on_after(self.write_timeout):
+                    await stream.send_all(answer.to_bytes())
+        except _IO_ERRORS:
+            pass
+        except Exception:  # a bug here must not take the listener down
+            logger.exception("HTTP front failed on a connection")
+        finally:
+            if not handed_over:
+                await trio.aclose_forcefully(stream)
+
+    async def _read_and_route(self, stream: trio.abc.Stream, received: bytearray) -> Answer | None:
+        """Read the request head into ``received`` and decide; None: just hang up."""
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_size)
+        with trio.move_on_after(self.request_timeout):
+            while True:
+                try:
+                    event = conn.next_event()
+                except h11.RemoteProtocolError as exc:
+                    return error(exc.error_status_hint)
+                if isinstance(event, h11.Request):
+                    return route(event, self.routes, self.websocket_path)
+                if event is not h11.NEED_DATA:  # the peer went away before a request
+                    return None
+                data = await stream.receive_some(_READ_CHUNK)
+                received += data
+                conn.receive_data(bytes(data))
+        return error(408) if received else None
