@@ -547,6 +547,7 @@ async def test_node_is_subscribed_only_while_it_has_local_subscribers(engine: En
         async with client(a, "a1", "room") as a1, client(a, "a2", "room") as a2:
             assert "room" in engine.topics()
             assert a.broadcaster.create_channel("room").subscriber_count == 2
+            assert a.broadcaster.subscriber_counts() == {"room": 2}
             await a1.send("unsub:room")
             assert await recv(a1) == "ok"
             assert "room" in engine.topics()  # a2 is still there
@@ -554,6 +555,7 @@ async def test_node_is_subscribed_only_while_it_has_local_subscribers(engine: En
             assert await recv(a2) == "ok"
             assert "room" not in engine.topics()
             assert a.broadcaster.create_channel("room").subscriber_count == 0
+            assert a.broadcaster.subscriber_counts() == {}
 
 
 async def test_closed_sockets_leave_their_channels(engine: Engine) -> None:
@@ -669,6 +671,22 @@ async def test_redis_backend_starts_while_redis_is_down_and_connects_later(
     stats = backend.statistics()
     assert (stats.published, stats.publish_failures) == (1, 1)
     assert stats.connection_failures >= 1
+
+
+async def test_an_unconfirmed_subscription_restarts_the_session(
+    redis_server: RedisServer,
+) -> None:
+    backend = RedisBackend(
+        redis_server.url, command_timeout=0.3, backoff=Backoff(initial=0.05, maximum=0.2)
+    )
+    async with running_node(backend) as a:
+        redis_server.command("CLIENT", "PAUSE", "800", "ALL")  # Redis answers nobody for 0.8 s
+        async with client(a, "a1", "late") as a1:  # subscribe() gave up waiting after 0.3 s
+            await eventually(lambda: backend.statistics().reconnects == 1, "a new session")
+            assert backend.statistics().connected
+            assert "late" in redis_server.channels(PREFIX)
+            assert await a.broadcaster.broadcast("late", "made it") == 1
+            assert await recv(a1) == "made it"
 
 
 async def test_redis_cluster_uses_sharded_pubsub(redis_cluster: RedisServer) -> None:

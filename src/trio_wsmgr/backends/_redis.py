@@ -374,8 +374,8 @@ class RedisBackend(Backend):
             await trio.lowlevel.checkpoint()
             return
         async with self._lock:
-            pubsub = self._pubsub
-            if pubsub is None:  # the next session subscribes to self._topics
+            pubsub, session = self._pubsub, self._session
+            if pubsub is None or session is None:  # the next session subscribes to self._topics
                 return
             channels = [self.prefix + topic for topic in topics]
             try:
@@ -390,5 +390,4 @@ class RedisBackend(Backend):
                 logger.warning(
                     "Redis did not confirm a subscription change (%r); reconnecting", exc
                 )
-                if self._session is not None:
-                    self._session.cancel()
+                session.cancel()  # this session only: a newer one restores everything
