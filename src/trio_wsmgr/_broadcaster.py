@@ -262,20 +262,9 @@ class Broadcaster:
     _counts: dict[str, int] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
-        self._counts = dict.fromkeys(
-            [
-                "broadcasts",
-                "local_deliveries",
-                "published",
-                "publish_failures",
-                "received",
-                "remote_deliveries",
-                "echoes",
-                "inbox_dropped",
-                "malformed",
-            ],
-            0,
-        )
+        names = "broadcasts local_deliveries published publish_failures received"
+        names += " remote_deliveries echoes inbox_dropped malformed"
+        self._counts = dict.fromkeys(names.split(), 0)
 
     def __repr__(self) -> str:
         return (

@@ -2,7 +2,8 @@
 
 A backend moves opaque ``bytes`` on named *topics* between nodes. It knows
 nothing about sockets, channels or the wire format; the
-:class:`~trio_wsmgr.Broadcaster` owns all of that. Four methods make a backend:
+:class:`~trio_wsmgr.Broadcaster` owns all of that. Four methods make a backend
+(``statistics()`` is optional):
 
 ``run(receive, task_status=...)``
     The backend's life: connect, listen, reconnect. It calls
@@ -90,6 +91,17 @@ class Backend(abc.ABC):
     async def unsubscribe(self, topics: Collection[str]) -> None:
         """Stop receiving ``topics``."""
 
-    @abc.abstractmethod
     def statistics(self) -> BackendStatistics:
-        """A snapshot of the backend's counters."""
+        """A snapshot of the backend's counters (override to report real ones).
+
+        The default knows nothing: it says connected, with every counter at zero.
+        """
+        return BackendStatistics(
+            connected=True,
+            topics=0,
+            published=0,
+            publish_failures=0,
+            received=0,
+            reconnects=0,
+            connection_failures=0,
+        )
