@@ -48,6 +48,9 @@ SECURITY_HEADERS: Final[tuple[tuple[str, str], ...]] = (
     ),
 )
 _READ_CHUNK = 4096
+#: after an answer, how long and how much we read what the peer still sends
+LINGER_SECONDS: Final = 2.0
+LINGER_BYTES: Final = 256 * 1024
 _IO_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -146,6 +149,25 @@ def route(request: h11.Request, routes: Mapping[str, Resource], websocket_path: 
         resource.body,
         head_only=method == b"HEAD",
     )
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Half-close, then read what the peer still sends, briefly, before closing.
+
+    Closing a TCP socket with unread input sends a reset, which can destroy
+    our answer before the peer reads it (a 413/431 to a client still sending,
+    say). So: FIN first, then drain until the peer closes, within bounds.
+    """
+    if not isinstance(stream, trio.abc.HalfCloseableStream):
+        return
+    with trio.move_on_after(LINGER_SECONDS):
+        await stream.send_eof()
+        drained = 0
+        while drained < LINGER_BYTES:
+            data = await stream.receive_some(_READ_CHUNK)
+            if not data:
+                break
+            drained += len(data)
 
 
 class PrefixedStream(trio.abc.Stream):
@@ -248,6 +270,7 @@ class HttpFront:
             elif answer is not None:
                 with trio.move_on_after(self.write_timeout):
                     await stream.send_all(answer.to_bytes())
+                await _linger(stream)
         except _IO_ERRORS:
             pass
         except Exception:  # a bug here must not take the listener down
