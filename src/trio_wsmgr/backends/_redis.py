@@ -3,9 +3,15 @@
 It uses `coredis <https://coredis.readthedocs.io>`_ (the ``redis`` extra), which
 runs natively under Trio. Each connection *session* is one coredis client plus
 one pub/sub connection; when either fails the session ends, the backend waits
-(:class:`~trio_wsmgr._backoff.Backoff`: exponential, capped, jittered), opens a
-new session and subscribes again to every topic the node still wants. Between
+(:class:`~trio_wsmgr.Backoff`: exponential, capped, jittered), opens a new
+session and subscribes again to every topic the node still wants. Between
 sessions ``publish`` fails fast with :class:`~trio_wsmgr.BackendUnavailable`.
+
+On a single server PUBLISH goes over the pub/sub connection itself (RESP3
+allows it), queued synchronously, so a node's publications leave in call order
+and each session is one TCP connection. Incoming messages are handed to the
+Broadcaster's receiver as they are read, so coredis' own (unbounded) buffers
+stay empty; the bounded buffer is the Broadcaster's inbox.
 
 Topics map to Redis channels as ``prefix + topic``. With ``cluster=True`` the
 client is a ``coredis.RedisCluster`` and the backend uses SPUBLISH / SSUBSCRIBE
