@@ -306,6 +306,11 @@ def test_redis_backend_options_are_validated(
         RedisBackend(*args, **options)
 
 
+def test_memory_backend_hub_is_validated() -> None:
+    with pytest.raises(TypeError, match="hub"):
+        MemoryBackend(hub="shared")  # type: ignore[arg-type]
+
+
 def test_redis_backend_repr_hides_the_password() -> None:
     backend = RedisBackend("redis://user:s3cret@127.0.0.1:6379/0")
     assert "s3cret" not in repr(backend)

@@ -30,7 +30,7 @@ class MemoryHub:
 
     available: bool = True
     #: messages published through the hub (successful ones)
-    published: int = 0
+    published: int = attrs.field(init=False, default=0)
     _members: dict[str, set[MemoryBackend]] = attrs.field(init=False, factory=dict, repr=False)
 
     def subscribers(self, topic: str) -> int:
@@ -69,14 +69,14 @@ class MemoryBackend(Backend):
     default, which makes the Broadcaster purely local).
     """
 
-    hub: MemoryHub = attrs.field(kw_only=True, factory=MemoryHub)
+    hub: MemoryHub = attrs.field(
+        kw_only=True, factory=MemoryHub, validator=attrs.validators.instance_of(MemoryHub)
+    )
     _receive: Receiver | None = attrs.field(init=False, default=None, repr=False)
     _topics: set[str] = attrs.field(init=False, factory=set, repr=False)
     _counts: dict[str, int] = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
-        if not isinstance(self.hub, MemoryHub):
-            raise TypeError(f"hub must be a MemoryHub, not {self.hub!r}")
         self._counts = dict.fromkeys(["published", "publish_failures", "received"], 0)
 
     async def run(
