@@ -9,12 +9,10 @@ real clock and short bounded waits.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -710,23 +708,3 @@ async def test_redis_cluster_uses_sharded_pubsub(redis_cluster: RedisServer) -> 
         stats = str(redis_cluster.command("INFO", "commandstats"))
         assert "cmdstat_spublish:calls=1," in stats
         assert "cmdstat_publish:" not in stats
-
-
-async def test_the_redis_example_runs(
-    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    import trio_wsmgr
-
-    # Until the package re-exports them (a no-op once it does).
-    monkeypatch.setattr(trio_wsmgr, "Broadcaster", Broadcaster, raising=False)
-    monkeypatch.setattr(trio_wsmgr, "RedisBackend", RedisBackend, raising=False)
-    monkeypatch.setenv("REDIS_URL", redis_server.url)
-    path = Path(__file__).parent.parent / "examples" / "redis_fanout.py"
-    spec = importlib.util.spec_from_file_location("redis_fanout_example", path)
-    assert spec is not None
-    assert spec.loader is not None
-    example = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(example)
-    with trio.fail_after(10):
-        await example.main(False)
-    assert "bob, on node B, got: hello from node A" in capsys.readouterr().out
