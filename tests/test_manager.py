@@ -263,6 +263,7 @@ async def test_broadcast_reaches_filtered_sockets_and_returns_the_count() -> Non
         assert json.loads(await c.recv()) == {"hello": 1}
         assert await manager.broadcast("all") == 3
         assert await b.recv() == "all"
+        assert manager.statistics().messages_out == 3 + 2 + 3  # whoami, then 2 broadcasts
 
 
 async def test_a_closing_socket_leaves_the_registry_at_once(autojump_clock: Any) -> None:

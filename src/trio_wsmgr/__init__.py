@@ -10,6 +10,9 @@ from ._auth import TokenAuth as TokenAuth
 from ._auth import extract_token as extract_token
 from ._auth import static_tokens as static_tokens
 from ._backoff import Backoff as Backoff
+from ._broadcaster import Broadcaster as Broadcaster
+from ._broadcaster import BroadcasterStatistics as BroadcasterStatistics
+from ._broadcaster import Channel as Channel
 from ._compression import Compression as Compression
 from ._config import CloseCode as CloseCode
 from ._exceptions import BackendUnavailable as BackendUnavailable
@@ -30,13 +33,23 @@ from ._manager import WebSocketManager as WebSocketManager
 from ._pool import WebSocketPool as WebSocketPool
 from ._socket import ManagedSocket as ManagedSocket
 from ._socket import SocketStatistics as SocketStatistics
+from .backends import Backend as Backend
+from .backends import BackendStatistics as BackendStatistics
+from .backends import MemoryBackend as MemoryBackend
+from .backends import MemoryHub as MemoryHub
+from .backends import RedisBackend as RedisBackend
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Backend",
+    "BackendStatistics",
     "BackendUnavailable",
     "Backoff",
     "BroadcastError",
+    "Broadcaster",
+    "BroadcasterStatistics",
+    "Channel",
     "CloseCode",
     "Compression",
     "ConnectionClosed",
@@ -46,10 +59,13 @@ __all__ = [
     "InvalidChannelName",
     "ManagedSocket",
     "ManagerStatistics",
+    "MemoryBackend",
+    "MemoryHub",
     "MessageEncodingError",
     "PoolClosed",
     "PoolStatistics",
     "PoolTimeout",
+    "RedisBackend",
     "RequestRejected",
     "Server",
     "SocketStatistics",

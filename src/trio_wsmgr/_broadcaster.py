@@ -89,9 +89,7 @@ class _Wire:
     payload: bytes
 
     def outgoing(self) -> Outgoing:
-        outgoing = Outgoing(b"")  # already encoded by the publisher: do not encode again
-        outgoing.opcode, outgoing.payload = self.opcode, self.payload
-        return outgoing
+        return Outgoing.from_encoded(self.opcode, self.payload)  # encoded by the publisher
 
 
 def encode_wire(node: bytes, outgoing: Outgoing, on_full: OnFull, user_id: str | None) -> bytes:

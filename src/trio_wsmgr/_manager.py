@@ -597,10 +597,10 @@ class WebSocketManager:
         counts["messages_in"] += 1
         counts["bytes_in"] += size
 
-    def _count_out(self, messages: int, size: int) -> None:
+    def _count_out(self, size: int) -> None:
         counts = self._counts
-        counts["messages_out"] += messages
-        counts["bytes_out"] += messages * size
+        counts["messages_out"] += 1
+        counts["bytes_out"] += size
 
     def _count_dropped(self, messages: int) -> None:
         self._counts["dropped"] += messages

@@ -64,6 +64,15 @@ class Outgoing:
         self._plain: bytes | None = None
         self._shared: dict[object, bytes] | None = None
 
+    @classmethod
+    def from_encoded(cls, opcode: int, payload: bytes) -> Outgoing:
+        """An already encoded message (e.g. one that arrived from another node)."""
+        outgoing = cls.__new__(cls)
+        outgoing.opcode, outgoing.payload = opcode, payload
+        outgoing._plain = None
+        outgoing._shared = None
+        return outgoing
+
     def __len__(self) -> int:
         return len(self.payload)
 

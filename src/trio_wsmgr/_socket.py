@@ -207,7 +207,6 @@ class ManagedSocket:
         if not await self._wait_room(trio.current_time() + self._manager.slow_consumer_timeout):
             raise ConnectionClosed(self.close_code, self.close_reason)
         self._put(outgoing)
-        self._manager._count_out(1, len(outgoing))
         await trio.lowlevel.checkpoint()
 
     def send_nowait(self, message: Any) -> None:
@@ -216,7 +215,6 @@ class ManagedSocket:
         if not self.has_room():
             raise trio.WouldBlock
         self._put(outgoing)
-        self._manager._count_out(1, len(outgoing))
 
     def has_room(self) -> bool:
         """True if the send buffer is below its limit (a send would not wait)."""
@@ -236,8 +234,10 @@ class ManagedSocket:
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._note_remote_close()
             raise ConnectionClosed(self.close_code, self.close_reason) from exc
+        size = len(frame)
         self._messages_out += 1
-        self._bytes_out += len(frame)
+        self._bytes_out += size
+        self._manager._count_out(size)
 
     async def _wait_room(self, deadline: float) -> bool:
         """Wait for buffer room until ``deadline``; on timeout close 1008. True if room."""
