@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -23,6 +24,7 @@ from typing import Any
 import attrs
 import pytest
 import trio
+import trio.testing
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as sync_connect
@@ -30,9 +32,17 @@ from websockets.trio.client import ClientConnection, connect
 
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from trio_wsmgr import HandshakeRequest, RequestRejected
+from trio_wsmgr._broadcaster import Broadcaster
 from trio_wsmgr._demo import Demo, run_demo
-from trio_wsmgr._demo.server import authenticate, parse_request, room_name
+from trio_wsmgr._demo.server import (
+    ChatServer,
+    authenticate,
+    build_manager,
+    parse_request,
+    room_name,
+)
 from trio_wsmgr.backends import Backend, RedisBackend
+from trio_wsmgr.testing import open_peer
 
 WAIT = 10.0  # real-clock ceiling for things that normally take milliseconds
 
@@ -301,6 +311,22 @@ async def test_closing_the_demo_closes_every_socket_with_1001() -> None:
     async with running_demo() as demo, chatter(demo, "alice", "lobby") as alice:
         await demo.close()
         assert await close_code_of(alice) == 1001
+
+
+async def test_a_page_that_leaves_mid_conversation_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = build_manager()
+    async with Broadcaster() as broadcaster:
+        chat = ChatServer(manager, broadcaster)
+        async with open_peer(manager, chat.handle) as peer:
+            assert json.loads(await peer.receive())["type"] == "welcome"
+            await peer.send(json.dumps({"type": "join", "room": "lobby"}))
+            await peer.abort()  # gone before the answer
+            await trio.testing.wait_all_tasks_blocked()
+        await manager.close()
+    assert manager.statistics().accepted == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 @pytest.mark.redis

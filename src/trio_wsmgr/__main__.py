@@ -8,6 +8,7 @@ socket with 1001 and exits with status 0; a second Ctrl-C stops at once.
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import sys
 from collections.abc import Sequence
@@ -73,6 +74,7 @@ async def serve_demo(host: str, port: int, redis_url: str | None) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """The console script: parse ``argv``, run the command, return the exit status."""
     args = build_parser().parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.command == "demo":
         if not 0 <= args.port <= 65535:
             print(f"trio-wsmgr: --port must be 0 to 65535, not {args.port}", file=sys.stderr)

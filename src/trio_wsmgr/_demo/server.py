@@ -173,6 +173,10 @@ class ChatServer:
     async def handle(self, sock: ManagedSocket) -> None:
         sock.metadata["room"] = None
         sock.add_close_callback(self._on_close)
+        with suppress(ConnectionClosed):  # the page left while we answered: not an error
+            await self._converse(sock)
+
+    async def _converse(self, sock: ManagedSocket) -> None:
         await sock.send(
             {
                 "type": "welcome",
