@@ -142,7 +142,9 @@ def test_options_are_validated_at_construction() -> None:
     with pytest.raises(ValueError, match="request_timeout"):
         front(request_timeout=0)
     with pytest.raises(TypeError, match="max_head_size"):
-        front(max_head_size="big")
+        front(max_head_size=1.5)
+    with pytest.raises(ValueError, match="websocket_path"):
+        front(websocket_path="ws")
     with pytest.raises(TypeError, match="routes"):
         HttpFront(manager=WebSocketManager(), handler=echo, routes={"app.js": SCRIPT})
 

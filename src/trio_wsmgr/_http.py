@@ -208,6 +208,18 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) 
         raise ValueError(f"{attribute.name} must be > 0, not {value!r}")
 
 
+def _size(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be an int, not {value!r}")
+    if value < 1:
+        raise ValueError(f"{attribute.name} must be >= 1, not {value!r}")
+
+
+def _path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError(f"{attribute.name} must be a path starting with '/', not {value!r}")
+
+
 def _routes(value: Mapping[str, Resource]) -> Mapping[str, Resource]:
     for path, resource in value.items():
         if not path.startswith("/") or not isinstance(resource, Resource):
@@ -222,11 +234,11 @@ class HttpFront:
     manager: WebSocketManager
     handler: Handler
     routes: Mapping[str, Resource] = attrs.field(factory=dict, converter=_routes)
-    websocket_path: str = "/ws"
+    websocket_path: str = attrs.field(default="/ws", validator=_path)
     #: the request head must arrive within this many seconds (then 408)
     request_timeout: float = attrs.field(default=10.0, validator=_positive)
     #: the largest request head accepted, in bytes (then 431)
-    max_head_size: int = attrs.field(default=16 * 1024, validator=_positive)
+    max_head_size: int = attrs.field(default=16 * 1024, validator=_size)
     #: an answer must be written within this many seconds (else the connection is dropped)
     write_timeout: float = attrs.field(default=10.0, validator=_positive)
 
@@ -268,9 +280,10 @@ class HttpFront:
                     self.handler, PrefixedStream(stream, bytes(received))
                 )
             elif answer is not None:
-                with trio.move_on_after(self.write_timeout):
+                with trio.move_on_after(self.write_timeout) as writing:
                     await stream.send_all(answer.to_bytes())
-                await _linger(stream)
+                if not writing.cancelled_caught:
+                    await _linger(stream)
         except _IO_ERRORS:
             pass
         except Exception:  # a bug here must not take the listener down
