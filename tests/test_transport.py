@@ -1,0 +1,307 @@
+"""The send path's edge cases: BufferedStream over real sockets, and mixed compression fan-out.
+
+Real TCP pairs on 127.0.0.1 with small kernel buffers, so that a peer that does
+not read fills them quickly: that is how the fast path meets partial writes and
+EAGAIN. No mocks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+from websockets.trio.client import connect
+
+from trio_wsmgr import Compression, ManagedSocket, WebSocketManager
+from trio_wsmgr._message import Outgoing
+from trio_wsmgr._transport import BufferedStream
+
+SMALL = 4096  # SO_SNDBUF / SO_RCVBUF asked for (the kernel doubles it, with a floor)
+
+
+@asynccontextmanager
+async def tcp_pair() -> AsyncIterator[tuple[BufferedStream, trio.SocketStream]]:
+    """(our BufferedStream over the server side, the raw client side), small buffers."""
+    listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+    port = listeners[0].socket.getsockname()[1]
+    client_sock = trio.socket.socket()
+    client_sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SMALL)
+    await client_sock.connect(("127.0.0.1", port))
+    client = trio.SocketStream(client_sock)
+    server = await listeners[0].accept()
+    await listeners[0].aclose()
+    assert isinstance(server, trio.SocketStream)
+    server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL)
+    stream = BufferedStream(server)
+    try:
+        yield stream, client
+    finally:
+        await stream.aclose()
+        await client.aclose()
+
+
+def fill_kernel(stream: BufferedStream) -> int:
+    """Write filler bytes straight to the socket until the kernel refuses; return how many."""
+    fd = stream.inner.socket.fileno()  # type: ignore[attr-defined]
+    total = 0
+    for size in (65536, 4096, 256, 16, 1):
+        while True:
+            try:
+                total += os.write(fd, b"\0" * size)
+            except BlockingIOError:
+                break
+    return total
+
+
+async def read_exactly(client: trio.SocketStream, size: int) -> bytes:
+    data = bytearray()
+    while len(data) < size:
+        chunk = await client.receive_some(size - len(data))
+        assert chunk, f"EOF after {len(data)} of {size} bytes"
+        data += chunk
+    return bytes(data)
+
+
+def frame(i: int, size: int = 64) -> bytes:
+    head = f"<{i}:".encode()
+    return head + b"." * (size - len(head) - 1) + b">"
+
+
+# -- the fast path ---------------------------------------------------------------------
+
+
+async def test_write_goes_to_the_kernel_at_once_when_nothing_is_queued() -> None:
+    async with tcp_pair() as (stream, client):
+        stream.write_nowait(b"hello")  # no writer task running: must not need one
+        assert stream.buffered == 0
+        with trio.fail_after(5):
+            assert await read_exactly(client, 5) == b"hello"
+
+
+async def test_partial_write_queues_only_the_rest_and_the_writer_finishes_it() -> None:
+    big = bytes(range(256)) * 4096  # 1 MiB, far more than the kernel takes
+    async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
+        stream.write_nowait(big)
+        assert 0 < stream.buffered < len(big)  # the kernel took a part
+        stream.write_nowait(b"after")
+        assert stream.buffered > len(b"after")
+        nursery.start_soon(stream.run)
+        with trio.fail_after(10):
+            assert await read_exactly(client, len(big) + 5) == big + b"after"
+            await stream.wait_below(1)
+        assert stream.buffered == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_eagain_queues_the_whole_frame_and_order_is_kept() -> None:
+    async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
+        filler = fill_kernel(stream)
+        stream.write_nowait(frame(0))
+        assert stream.buffered == 64  # refused outright (EAGAIN): all of it queued
+        for i in range(1, 100):
+            stream.write_nowait(frame(i))
+        assert stream.buffered == 100 * 64
+        nursery.start_soon(stream.run)
+        with trio.fail_after(10):
+            assert await read_exactly(client, filler) == b"\0" * filler
+            for i in range(100):
+                assert await read_exactly(client, 64) == frame(i)
+        nursery.cancel_scope.cancel()
+
+
+async def test_order_is_kept_across_fast_path_queue_and_send_all() -> None:
+    """Frames written while the kernel has room, while it is full, and by send_all."""
+    received: list[bytes] = []
+    total = 3000
+    async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
+        nursery.start_soon(stream.run)
+
+        async def slow_reader() -> None:
+            data = b""
+            while len(received) < total:
+                data += await client.receive_some(1000)
+                while len(data) >= 256:
+                    received.append(data[:256])
+                    data = data[256:]
+                if len(received) % 50 == 0:
+                    await trio.sleep(0.001)
+
+        nursery.start_soon(slow_reader)
+        fast = queued = 0
+        for i in range(total):
+            if i % 97 == 0:
+                await stream.send_all(frame(i, 256))  # how trio-websocket writes pings/pongs
+                continue
+            before = stream.buffered
+            stream.write_nowait(frame(i, 256))
+            if stream.buffered == before:
+                fast += 1
+            else:
+                queued += 1
+            if i % 10 == 0:
+                await trio.lowlevel.checkpoint()
+        with trio.fail_after(10):
+            while len(received) < total:
+                await trio.sleep(0.01)
+        assert received == [frame(i, 256) for i in range(total)]
+        assert fast > 0
+        assert queued > 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_discarding_the_backlog_keeps_a_half_written_frame_whole() -> None:
+    big = b"A" * (1 << 20)
+    async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
+        stream.write_nowait(big)
+        rest = stream.buffered
+        assert 0 < rest < len(big)
+        stream.write_nowait(b"B" * 1000)
+        stream.write_nowait(b"C" * 1000)
+        assert stream.discard_queued() == 2000
+        assert stream.buffered == rest  # the tail of the started frame stays
+        stream.write_nowait(b"D")
+        nursery.start_soon(stream.run)
+        with trio.fail_after(10):
+            assert await read_exactly(client, len(big) + 1) == big + b"D"
+        nursery.cancel_scope.cancel()
+
+
+# -- closing and failing during a write ----------------------------------------------------------
+
+
+async def test_close_during_a_write_fails_waiters_and_refuses_more() -> None:
+    async with tcp_pair() as (stream, client):
+        failures: list[BaseException] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.run)
+            fill_kernel(stream)
+
+            async def sender() -> None:
+                try:
+                    await stream.send_all(b"x" * 100_000)
+                except trio.ClosedResourceError as exc:
+                    failures.append(exc)
+
+            nursery.start_soon(sender)
+            await trio.testing.wait_all_tasks_blocked()
+            assert stream.buffered > 0  # the writer is stuck on a full kernel buffer
+            with trio.fail_after(5):
+                await stream.aclose()
+        # the writer task ended by itself, the waiting sender was told
+        assert len(failures) == 1
+        assert stream.closed
+        with pytest.raises(trio.ClosedResourceError):
+            stream.write_nowait(b"more")
+        with trio.fail_after(1):
+            await stream.wait_below(1)  # does not hang on a closed stream
+        _ = client
+
+
+async def test_peer_reset_during_a_write_breaks_the_stream() -> None:
+    async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
+        nursery.start_soon(stream.run)
+        fill_kernel(stream)
+        stream.write_nowait(b"y" * 100_000)
+        await trio.testing.wait_all_tasks_blocked()
+        # close with unread data: the kernel answers with a reset
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        client.socket.close()
+        with trio.fail_after(5):
+            while not stream.closed:
+                await trio.sleep(0.01)
+        with pytest.raises(trio.BrokenResourceError):
+            stream.write_nowait(b"z")
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.send_all(b"z")
+
+
+async def test_cancelled_send_all_leaves_its_bytes_queued_in_order() -> None:
+    async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
+        filler = fill_kernel(stream)
+        with trio.move_on_after(0.05) as scope:
+            await stream.send_all(b"first")  # no writer yet: it cannot be flushed
+        assert scope.cancelled_caught
+        stream.write_nowait(b"second")
+        nursery.start_soon(stream.run)
+        with trio.fail_after(10):
+            await read_exactly(client, filler)
+            assert await read_exactly(client, 11) == b"firstsecond"
+        nursery.cancel_scope.cancel()
+
+
+# -- streams without a file descriptor ----------------------------------------------------------
+
+
+async def test_memory_streams_take_the_queue_and_writer_path() -> None:
+    left, right = trio.testing.memory_stream_pair()
+    stream = BufferedStream(left)
+    async with trio.open_nursery() as nursery:
+        for i in range(10):
+            stream.write_nowait(frame(i))
+        assert stream.buffered == 640  # no fd: always queued
+        nursery.start_soon(stream.run)
+        data = b""
+        with trio.fail_after(5):
+            while len(data) < 640:
+                data += await right.receive_some()
+            await stream.wait_send_all_might_not_block()
+        assert data == b"".join(frame(i) for i in range(10))
+        assert stream.buffered == 0
+        nursery.cancel_scope.cancel()
+    await stream.aclose()
+
+
+# -- compression negotiated on some sockets and not others ---------------------------------------
+
+
+async def test_one_broadcast_reaches_compressed_and_plain_sockets_alike() -> None:
+    manager = WebSocketManager(
+        heartbeat_interval=math.inf, compression=Compression(threshold=0, level=1)
+    )
+    sockets: list[ManagedSocket] = []
+
+    async def handler(sock: ManagedSocket) -> None:
+        sockets.append(sock)
+        async for _ in sock:
+            pass
+
+    shared = ClientPerMessageDeflateFactory(server_no_context_takeover=True)
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(manager.serve, handler, "127.0.0.1", 0)
+        url = f"ws://127.0.0.1:{server.port}"
+        async with (
+            connect(url, compression=None) as plain,
+            connect(url) as stateful,  # the server keeps its compression context
+            connect(url, compression=None, extensions=[shared]) as stateless_a,
+            connect(url, compression=None, extensions=[shared]) as stateless_b,
+        ):
+            with trio.fail_after(5):
+                while len(sockets) < 4:
+                    await trio.sleep(0.01)
+            by_kind = {s.statistics().compressed: s for s in sockets}
+            assert set(by_kind) == {True, False}
+            messages = [f"message {i} " + "abc" * (i * 40) for i in range(20)] + [b"\x00" * 500]
+            for message in messages:
+                assert await manager.broadcast(message) == 4
+            for ws in (plain, stateful, stateless_a, stateless_b):
+                for message in messages:
+                    assert await ws.recv() == message
+            assert [e.name for e in stateful.protocol.extensions] == ["permessage-deflate"]
+            assert plain.protocol.extensions == []
+            # the stateless sockets share one compressed frame; the others get their own
+            compressors = [s._compressor for s in sockets]
+            outgoing = Outgoing("shared? " * 100)
+            frames = [outgoing.frame_for(c) for c in compressors]
+            stateless = [c for c in compressors if c is not None and c.shared_key() is not None]
+            assert len(stateless) == 2
+            assert outgoing.frame_for(stateless[0]) is outgoing.frame_for(stateless[1])
+            assert len({len(f) for f in frames}) >= 2  # plain and compressed differ
+        await manager.close()
