@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import http
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any, Final
@@ -34,6 +33,7 @@ import h11
 import trio
 
 from ._manager import Handler, Server, WebSocketManager
+from ._validators import count, seconds
 
 logger = logging.getLogger("trio_wsmgr.http")
 
@@ -201,20 +201,6 @@ class PrefixedStream(trio.abc.Stream):
         await self.transport_stream.aclose()
 
 
-def _positive(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number, not {value!r}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, not {value!r}")
-
-
-def _size(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{attribute.name} must be an int, not {value!r}")
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1, not {value!r}")
-
-
 def _path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(f"{attribute.name} must be a path starting with '/', not {value!r}")
@@ -236,11 +222,11 @@ class HttpFront:
     routes: Mapping[str, Resource] = attrs.field(factory=dict, converter=_routes)
     websocket_path: str = attrs.field(default="/ws", validator=_path)
     #: the request head must arrive within this many seconds (then 408)
-    request_timeout: float = attrs.field(default=10.0, validator=_positive)
+    request_timeout: float = attrs.field(default=10.0, validator=seconds)
     #: the largest request head accepted, in bytes (then 431)
-    max_head_size: int = attrs.field(default=16 * 1024, validator=_size)
+    max_head_size: int = attrs.field(default=16 * 1024, validator=count(1))
     #: an answer must be written within this many seconds (else the connection is dropped)
-    write_timeout: float = attrs.field(default=10.0, validator=_positive)
+    write_timeout: float = attrs.field(default=10.0, validator=seconds)
 
     async def serve(
         self,
