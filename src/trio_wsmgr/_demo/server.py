@@ -13,8 +13,9 @@ server     ``welcome`` (your name, this node, default rooms, compression on or n
 Each socket is in at most one room; room ``x`` is Broadcaster channel ``room:x``,
 so with a Redis backend every node running the demo shares the rooms. Rosters
 are per node: each node broadcasts the users it has in a room (from the
-manager's user index) whenever that changes and every ``presence_interval``;
-pages merge the rosters of all nodes and forget a node that stops refreshing.
+manager's user index) whenever that changes and every ``presence_interval``
+(so a page joining on another node sees them within that time); pages merge
+the rosters of all nodes and forget a node that stops refreshing.
 """
 
 from __future__ import annotations
