@@ -278,7 +278,7 @@ class WebSocketManager:
         try:
             with self._connection_scope() as scope, _unwrap_single_group():
                 async with _background_nursery() as nursery:
-                    nursery.start_soon(buffered.run)
+                    buffered.attach(nursery)
                     sock = await self._handshake(buffered, nursery)
                     if sock is not None:
                         await self._run_handler(sock, handler, scope)
@@ -370,7 +370,7 @@ class WebSocketManager:
         buffered = _border.adopt_stream(conn)
         with self._connection_scope() as scope, _unwrap_single_group():
             async with _background_nursery() as nursery:
-                nursery.start_soon(buffered.run)
+                buffered.attach(nursery)
                 sock: ManagedSocket | None = None
                 with trio.move_on_after(self.connection_timeout):
                     sock = await self._admit(

@@ -1,4 +1,4 @@
-"""A buffered send side for one connection: fast non-blocking writes, one writer task.
+"""A buffered send side for one connection: fast non-blocking writes, a writer task when needed.
 
 Every byte a managed socket sends -- data frames we encode, and the handshake
 response, pings, pongs and close frames trio-websocket writes -- goes through one
@@ -6,13 +6,17 @@ response, pings, pongs and close frames trio-websocket writes -- goes through on
 
 How a write travels:
 
-* :meth:`BufferedStream.write_nowait` is synchronous. When nothing is queued and
-  the writer task is idle, it tries a non-blocking ``os.write`` on the socket's
-  file descriptor (what asyncio transports do); the common case, a socket whose
-  kernel buffer has room, ends right there with no task switch.
-* Whatever the kernel did not take is queued; the writer task (:meth:`run`, the
-  connection's *send loop*) drains the queue, joining all pending chunks into
-  one ``send_all``.
+* :meth:`BufferedStream.write_nowait` is synchronous. When nothing is queued or
+  being written, it tries a non-blocking ``os.write`` on the socket's file
+  descriptor (what asyncio transports do); the common case, a socket whose
+  kernel buffer has room, ends right there with no task switch and no object
+  allocated.
+* Whatever the kernel did not take is queued, and a writer task drains the
+  queue, joining all pending chunks into one ``send_all``. With
+  :meth:`~BufferedStream.attach` the writer is started in the connection's
+  nursery only while there is a backlog (an idle connection has no writer
+  task, which saves its memory); :meth:`~BufferedStream.run` is the same writer
+  as a task of its own for the stream's whole life.
 * ``send_all`` (the :class:`trio.abc.Stream` API that trio-websocket uses) queues
   the same way and waits until its bytes are handed to the kernel.
 
@@ -23,7 +27,6 @@ fd we cannot use (TLS, memory streams in tests, non-POSIX) skips the fast path.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import os
 import sys
@@ -49,17 +52,22 @@ class BufferedStream(trio.abc.Stream):
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
         self._fd = _socket_fd(inner)
-        self._queue: collections.deque[bytes] = collections.deque()
+        self._queue: list[bytes] = []
         #: bytes accepted but not yet handed to the kernel (queued + in flight)
         self.buffered = 0
-        self._accepted = 0  # running totals, for send_all's "until flushed"
-        self._flushed = 0
+        #: True once closed (by us) or broken (a failed write); writes then raise
+        self.closed = False
+        self._busy = False  # bytes queued or being written: new bytes go behind them
         self._writing = False
         self._head_partial = False  # the queue's head is the tail of a half-written frame
+        self._queued_total = 0  # running totals of bytes queued / written or dropped,
+        self._flushed_total = 0  # for send_all's "until flushed"
         self._closed = False
         self._broken: BaseException | None = None
-        self._writer_lot = trio.lowlevel.ParkingLot()
-        self._flush_lot = trio.lowlevel.ParkingLot()
+        self._nursery: trio.Nursery | None = None  # where to start a writer on demand
+        self._writer_running = False
+        self._parked_writer: trio.lowlevel.Task | None = None  # run() waiting for bytes
+        self._flush_lot: trio.lowlevel.ParkingLot | None = None  # made on first wait
         #: on aclose, give queued bytes one bounded last chance to go out
         self.flush_on_close = False
         self._last_flush: trio.Event | None = None
@@ -68,23 +76,15 @@ class BufferedStream(trio.abc.Stream):
 
     # -- the synchronous side ------------------------------------------------
 
-    @property
-    def closed(self) -> bool:
-        return self._closed or self._broken is not None
-
     def write_nowait(self, data: bytes) -> None:
         """Send ``data`` now if the kernel takes it, else queue it. Never blocks.
 
         Raises :class:`trio.ClosedResourceError` / :class:`trio.BrokenResourceError`
         if the stream is closed or failed.
         """
-        if self._closed:
-            raise trio.ClosedResourceError("stream is closed")
-        if self._broken is not None:
-            raise trio.BrokenResourceError("stream is broken") from self._broken
-        size = len(data)
-        self._accepted += size
-        if self._fd is not None and not self._queue and not self._writing:
+        if self.closed:
+            self._raise_closed()
+        if not self._busy and self._fd is not None:
             try:
                 sent = os.write(self._fd, data)
             except BlockingIOError:
@@ -92,16 +92,36 @@ class BufferedStream(trio.abc.Stream):
             except OSError as exc:
                 self._fail(exc)
                 raise trio.BrokenResourceError("send failed") from exc
-            self._flushed += sent
-            if sent == size:
+            if sent == len(data):
                 return
             if sent:
                 data = data[sent:]
-                size -= sent
                 self._head_partial = True
+        self._enqueue(data)
+
+    def _enqueue(self, data: bytes) -> None:
+        size = len(data)
         self._queue.append(data)
         self.buffered += size
-        self._writer_lot.unpark_all()
+        self._queued_total += size
+        self._busy = True
+        if self._writer_running:
+            return
+        parked = self._parked_writer
+        if parked is not None:
+            self._parked_writer = None
+            trio.lowlevel.reschedule(parked)
+        elif self._nursery is not None:
+            self._writer_running = True
+            try:
+                self._nursery.start_soon(self._write_backlog)
+            except RuntimeError:  # the connection is ending; aclose has the last word
+                self._writer_running = False
+
+    def _raise_closed(self) -> None:
+        if self._closed:
+            raise trio.ClosedResourceError("stream is closed")
+        raise trio.BrokenResourceError("stream is broken") from self._broken
 
     def discard_queued(self) -> int:
         """Drop queued bytes that have not started going out; return how many.
@@ -109,36 +129,57 @@ class BufferedStream(trio.abc.Stream):
         A partly written frame at the head is kept, so the wire stays valid.
         Used before a policy close of a slow consumer, whose backlog is moot.
         """
-        keep = self._queue.popleft() if self._head_partial and self._queue else None
-        dropped = sum(map(len, self._queue))
-        self._queue.clear()
+        queue = self._queue
+        keep = queue[0] if self._head_partial and queue else None
+        dropped = sum(map(len, queue)) - (len(keep) if keep is not None else 0)
+        queue.clear()
         if keep is not None:
-            self._queue.append(keep)
+            queue.append(keep)
         self.buffered -= dropped
-        self._flushed += dropped  # nobody waits for bytes that will never go out
-        self._flush_lot.unpark_all()
+        self._flushed_total += dropped  # nobody waits for bytes that will never go out
+        self._wake_flush_waiters()
         return dropped
 
     def _fail(self, exc: BaseException) -> None:
         if self._broken is None:
             self._broken = exc
-        self._writer_lot.unpark_all()
-        self._flush_lot.unpark_all()
+        self.closed = True
+        self._wake_writer()
+        self._wake_flush_waiters()
 
-    # -- the writer task ---------------------------------------------------
+    def _wake_writer(self) -> None:
+        parked = self._parked_writer
+        if parked is not None:
+            self._parked_writer = None
+            trio.lowlevel.reschedule(parked)
 
-    async def run(self) -> None:
-        """The send loop: drain the queue until the stream closes or breaks."""
+    def _wake_flush_waiters(self) -> None:
+        if self._flush_lot:
+            self._flush_lot.unpark_all()
+
+    # -- the writer ----------------------------------------------------------
+
+    def attach(self, nursery: trio.Nursery) -> None:
+        """Start a writer task in ``nursery`` whenever there is a backlog (see module docs)."""
+        self._nursery = nursery
+        if self._queue and not self._writer_running:
+            self._writer_running = True
+            nursery.start_soon(self._write_backlog)
+
+    async def _write_backlog(self) -> None:
+        """Drain the queue, then end (the on-demand writer)."""
         try:
-            while not self.closed:
-                if not self._queue:
-                    await self._writer_lot.park()
-                    continue
-                if len(self._queue) == 1:
-                    data = self._queue.popleft()
-                else:
-                    data = b"".join(self._queue)
-                    self._queue.clear()
+            await self._drain()
+        finally:
+            self._writer_running = False
+
+    async def _drain(self) -> None:
+        """Write until the queue is empty or the stream ends."""
+        queue = self._queue
+        try:
+            while queue and not self.closed:
+                data = queue[0] if len(queue) == 1 else b"".join(queue)
+                queue.clear()
                 self._writing = True
                 self._head_partial = False
                 try:
@@ -146,32 +187,62 @@ class BufferedStream(trio.abc.Stream):
                 finally:
                     self._writing = False
                 self.buffered -= len(data)
-                self._flushed += len(data)
-                self._flush_lot.unpark_all()
+                self._flushed_total += len(data)
+                self._wake_flush_waiters()
         except _SEND_ERRORS as exc:
             self._fail(exc)
         finally:
-            self._flush_lot.unpark_all()
+            if not queue:
+                self._busy = False
+            self._wake_flush_waiters()
+
+    async def run(self) -> None:
+        """The send loop as a task of its own: drain the queue until the stream ends."""
+        self._writer_running = True
+        try:
+            while not self.closed:
+                await self._drain()
+                if self.closed:
+                    break
+                self._writer_running = False
+                self._parked_writer = trio.lowlevel.current_task()
+                try:
+                    await trio.lowlevel.wait_task_rescheduled(self._abort_parked)
+                finally:
+                    self._parked_writer = None
+                    self._writer_running = True
+        finally:
+            self._writer_running = False
+            self._wake_flush_waiters()
+
+    def _abort_parked(self, _: object) -> trio.lowlevel.Abort:
+        self._parked_writer = None
+        return trio.lowlevel.Abort.SUCCEEDED
 
     async def wait_below(self, mark: float) -> None:
         """Wait until fewer than ``mark`` bytes are buffered (or the stream ends)."""
         while self.buffered >= mark and not self.closed:
-            await self._flush_lot.park()
+            await self._flush_waiters().park()
+
+    def _flush_waiters(self) -> trio.lowlevel.ParkingLot:
+        if self._flush_lot is None:
+            self._flush_lot = trio.lowlevel.ParkingLot()
+        return self._flush_lot
 
     # -- trio.abc.Stream ------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
         self.write_nowait(bytes(data))
-        target = self._accepted
-        if self._flushed >= target:
+        target = self._queued_total
+        if self._flushed_total >= target:  # went straight to the kernel
             await trio.lowlevel.checkpoint()
             return
-        while self._flushed < target:
-            if self._closed:
-                raise trio.ClosedResourceError("stream closed while sending")
-            if self._broken is not None:
+        while self._flushed_total < target:
+            if self.closed:
+                if self._closed:
+                    raise trio.ClosedResourceError("stream closed while sending")
                 raise trio.BrokenResourceError("send failed") from self._broken
-            await self._flush_lot.park()
+            await self._flush_waiters().park()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.wait_below(1)
@@ -194,8 +265,9 @@ class BufferedStream(trio.abc.Stream):
             for callback in callbacks:  # before closing: they may still write_nowait
                 callback()
             self._closed = True
-            self._writer_lot.unpark_all()
-            self._flush_lot.unpark_all()
+            self.closed = True
+            self._wake_writer()
+            self._wake_flush_waiters()
 
     async def aclose(self) -> None:
         """Close now (pending bytes are dropped); always succeeds."""
