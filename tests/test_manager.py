@@ -444,6 +444,14 @@ async def test_healthy_peer_survives_many_heartbeats(autojump_clock: Any) -> Non
     assert manager.statistics().heartbeat_timeouts == 0
 
 
+async def test_in_memory_client_reports_a_refused_handshake_plainly() -> None:
+    manager = WebSocketManager(authentication=lambda request: None)
+    with pytest.raises(trio_websocket.ConnectionRejected) as info:
+        async with open_client(manager, echo):
+            pytest.fail("the handshake should have been refused")
+    assert info.value.status_code == 401
+
+
 async def test_in_memory_client_round_trip() -> None:
     manager = WebSocketManager()
     async with open_client(manager, echo, path="/memory") as conn:

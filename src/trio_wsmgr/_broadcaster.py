@@ -27,8 +27,8 @@ import os
 import re
 import struct
 import zlib
-from collections.abc import AsyncIterator, Callable, Collection, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable, Collection
+from contextlib import asynccontextmanager
 from typing import Any, Final
 
 import attrs
@@ -40,6 +40,7 @@ from ._fanout import ON_FULL_CHOICES, OnFull, check_on_full, deliver, deliver_no
 from ._manager import WebSocketManager
 from ._message import Outgoing
 from ._socket import ManagedSocket
+from ._util import unwrap_single_group
 from .backends._base import Backend, BackendStatistics
 from .backends._memory import MemoryBackend
 
@@ -599,7 +600,7 @@ class Broadcaster:
     async def _lifetime(self) -> AsyncIterator[Broadcaster]:
         send, receive = trio.open_memory_channel[tuple[str, _Wire]](self.inbox_size)
         try:
-            with _unwrap_single_group(), send, receive:
+            with unwrap_single_group(), send, receive:
                 async with trio.open_nursery() as nursery:
                     self._inbox = send
                     await nursery.start(self.backend.run, self._receive)
@@ -632,15 +633,3 @@ def _ids(exclude: ManagedSocket | Collection[ManagedSocket] | None) -> frozenset
     if isinstance(exclude, ManagedSocket):
         return frozenset((exclude.id,))
     return frozenset(sock.id for sock in exclude)
-
-
-@contextmanager
-def _unwrap_single_group() -> Iterator[None]:
-    """Raise the one real error of the nursery instead of an ExceptionGroup of one."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            inner = group.exceptions[0]
-            raise inner from inner.__cause__
-        raise

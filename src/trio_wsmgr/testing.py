@@ -51,6 +51,7 @@ from wsproto.events import (
 
 from ._manager import WebSocketManager
 from ._socket import ManagedSocket
+from ._util import unwrap_single_group
 
 __all__ = ["Peer", "open_client", "open_peer", "stream_pair"]
 
@@ -85,22 +86,32 @@ async def open_client(
     refused handshake raises :class:`trio_websocket.ConnectionRejected`.
     """
     client, server = stream_pair()
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(manager.serve_stream, handler, server)
-        conn = await trio_websocket.wrap_client_stream(
-            nursery,
-            client,  # type: ignore[arg-type]  # any trio Stream works; the hint is narrow
-            "testserver",
-            path,
-            subprotocols=list(subprotocols),
-            extra_headers=[(k.encode(), v.encode()) for k, v in headers],
-        )
-        try:
-            yield conn
-        finally:
-            with trio.CancelScope(shield=True):
-                with trio.move_on_after(manager.close_timeout):
+    with unwrap_single_group():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(manager.serve_stream, handler, server)
+            conn = await _connect(nursery, client, path, subprotocols, headers)
+            try:
+                yield conn
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(manager.close_timeout):
                     await conn.aclose()
+
+
+async def _connect(
+    nursery: trio.Nursery,
+    client: trio.abc.Stream,
+    path: str,
+    subprotocols: Sequence[str],
+    headers: Sequence[tuple[str, str]],
+) -> trio_websocket.WebSocketConnection:
+    return await trio_websocket.wrap_client_stream(
+        nursery,
+        client,  # type: ignore[arg-type]  # any trio Stream works; the hint is narrow
+        "testserver",
+        path,
+        subprotocols=list(subprotocols),
+        extra_headers=[(k.encode(), v.encode()) for k, v in headers],
+    )
 
 
 class Peer:
