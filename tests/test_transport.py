@@ -174,6 +174,44 @@ async def test_discarding_the_backlog_keeps_a_half_written_frame_whole() -> None
         nursery.cancel_scope.cancel()
 
 
+async def test_attached_stream_has_a_writer_task_only_while_there_is_a_backlog() -> None:
+    async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
+        stream.attach(nursery)
+        stream.write_nowait(b"x")
+        assert not nursery.child_tasks  # idle: no writer task, no memory for one
+        filler = fill_kernel(stream)
+        for i in range(10):
+            stream.write_nowait(frame(i))
+        assert len(nursery.child_tasks) == 1  # one writer, however many frames queued
+        with trio.fail_after(10):
+            assert await read_exactly(client, 1 + filler) == b"x" + b"\0" * filler
+            for i in range(10):
+                assert await read_exactly(client, 64) == frame(i)
+            await stream.wait_below(1)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not nursery.child_tasks  # drained: the writer ended
+        stream.write_nowait(b"back on the fast path")
+        assert stream.buffered == 0
+        assert await read_exactly(client, 21) == b"back on the fast path"
+
+
+async def test_a_cancelled_send_loop_leaves_the_stream_usable() -> None:
+    async with tcp_pair() as (stream, client):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stream.run)
+            await trio.testing.wait_all_tasks_blocked()  # parked, waiting for bytes
+            nursery.cancel_scope.cancel()
+        fill_kernel(stream)
+        stream.write_nowait(b"queued")  # no writer to wake: stays queued
+        assert stream.buffered == 6
+        async with trio.open_nursery() as nursery:
+            stream.attach(nursery)  # a writer starts for the backlog
+            with trio.fail_after(10):
+                while stream.buffered:
+                    await client.receive_some(1 << 16)
+                    await trio.lowlevel.checkpoint()
+
+
 # -- closing and failing during a write ----------------------------------------------------------
 
 

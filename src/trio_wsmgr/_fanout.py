@@ -46,12 +46,21 @@ def deliver_nowait(
     """
     queued = 0
     full: list[ManagedSocket] = []
+    plain: bytes | None = None  # the uncompressed frame, shared by most sockets
     for sock in sockets:
-        if sock.closed:
+        stream = sock._stream
+        if stream.closed or sock._closing:
             continue
-        if sock._stream.buffered < sock._manager.send_buffer_size:
+        if stream.buffered < sock._manager.send_buffer_size:
+            compressor = sock._compressor
+            if compressor is None:
+                if plain is None:
+                    plain = outgoing.plain_frame()
+                frame = plain
+            else:
+                frame = outgoing.frame_for(compressor)
             try:
-                sock._put(outgoing)
+                sock._put_frame(frame)
             except ConnectionClosed:
                 continue
             queued += 1

@@ -228,7 +228,10 @@ class ManagedSocket:
 
     def _put(self, outgoing: Outgoing) -> None:
         """Frame and write one message (room already checked). Synchronous."""
-        frame = outgoing.frame_for(self._compressor)
+        self._put_frame(outgoing.frame_for(self._compressor))
+
+    def _put_frame(self, frame: bytes) -> None:
+        """Write one message's frame, framed for this socket (room already checked)."""
         try:
             self._stream.write_nowait(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:

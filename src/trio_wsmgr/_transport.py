@@ -49,6 +49,28 @@ def _socket_fd(stream: trio.abc.Stream) -> int | None:
 class BufferedStream(trio.abc.Stream):
     """Wrap ``inner`` so that writes never block the producer (see module docs)."""
 
+    __slots__ = (
+        "_broken",
+        "_busy",
+        "_closed",
+        "_fd",
+        "_flush_lot",
+        "_flushed_total",
+        "_head_partial",
+        "_last_flush",
+        "_nursery",
+        "_parked_writer",
+        "_queue",
+        "_queued_total",
+        "_writer_running",
+        "_writing",
+        "buffered",
+        "closed",
+        "flush_on_close",
+        "inner",
+        "on_close",
+    )
+
     def __init__(self, inner: trio.abc.Stream) -> None:
         self.inner = inner
         self._fd = _socket_fd(inner)
