@@ -17,12 +17,14 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+import trio_websocket
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.trio.client import connect
 
 from trio_wsmgr import Compression, ManagedSocket, WebSocketManager
 from trio_wsmgr._message import Outgoing
 from trio_wsmgr._transport import BufferedStream
+from trio_wsmgr.testing import Peer, open_peer
 
 SMALL = 4096  # SO_SNDBUF / SO_RCVBUF asked for (the kernel doubles it, with a floor)
 
@@ -343,3 +345,66 @@ async def test_one_broadcast_reaches_compressed_and_plain_sockets_alike() -> Non
             assert outgoing.frame_for(stateless[0]) is outgoing.frame_for(stateless[1])
             assert len({len(f) for f in frames}) >= 2  # plain and compressed differ
         await manager.close()
+
+
+# -- what an idle connection costs ------------------------------------------------------------
+
+
+def _all_tasks() -> list[trio.lowlevel.Task]:
+    tasks: list[trio.lowlevel.Task] = []
+
+    def walk(task: trio.lowlevel.Task) -> None:
+        tasks.append(task)
+        for nursery in task.child_nurseries:
+            for child in nursery.child_tasks:
+                walk(child)
+
+    walk(trio.lowlevel.current_root_task())
+    return tasks
+
+
+async def test_an_idle_connection_runs_three_tasks_heartbeat_included() -> None:
+    """Handler, trio-websocket's reader, and the host of the background nursery.
+
+    The host also runs the heartbeat and the writer is started only for a
+    backlog: each task costs memory on every idle connection.
+    """
+    manager = WebSocketManager(heartbeat_interval=5, heartbeat_timeout=5)
+
+    async def handler(sock: ManagedSocket) -> None:
+        async for _ in sock:
+            pass
+
+    async with open_peer(manager, handler):
+        await trio.testing.wait_all_tasks_blocked()
+        before = _all_tasks()
+        async with open_peer(manager, handler) as peer:
+            await trio.testing.wait_all_tasks_blocked()
+            new = [task for task in _all_tasks() if task not in before]
+            assert len(new) == 3, [task.name for task in new]
+            await peer.send("ping me")  # still alive and served
+
+
+async def test_sockets_from_accept_get_heartbeats_too() -> None:
+    """manager.accept() has the same host task, and its heartbeat reaps a vanished peer."""
+    manager = WebSocketManager(heartbeat_interval=0.1, heartbeat_timeout=0.1)
+
+    async def ws_handler(request: trio_websocket.WebSocketRequest) -> None:
+        async with manager.accept(request) as sock:
+            async for _ in sock:
+                pass
+
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(
+            trio_websocket.serve_websocket, ws_handler, "127.0.0.1", 0, None
+        )
+        peer = Peer(await trio.open_tcp_stream("127.0.0.1", server.port))
+        peer.answer_pings = False
+        assert await peer.handshake() == 101
+        with trio.fail_after(5):
+            code, reason = await peer.wait_closed()
+        await peer.stream.aclose()
+        assert (code, reason) == (1011, "heartbeat timeout")
+        assert manager.statistics().heartbeat_timeouts == 1
+        await manager.close()
+        nursery.cancel_scope.cancel()

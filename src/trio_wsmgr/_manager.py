@@ -20,7 +20,7 @@ from ._compression import Compression
 from ._config import CloseCode
 from ._exceptions import RequestRejected
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
-from ._heartbeat import run_heartbeat
+from ._heartbeat import HeartbeatHost
 from ._message import DeflateCompressor, Outgoing
 from ._registry import Registry
 from ._socket import ManagedSocket
@@ -275,11 +275,12 @@ class WebSocketManager:
         peer's faults; a crashing handler is logged and closes with 1011.
         """
         buffered = BufferedStream(stream)
+        heartbeat = HeartbeatHost()
         try:
             with self._connection_scope() as scope, _unwrap_single_group():
-                async with _background_nursery() as nursery:
+                async with _background_nursery(heartbeat) as nursery:
                     buffered.attach(nursery)
-                    sock = await self._handshake(buffered, nursery)
+                    sock = await self._handshake(buffered, nursery, heartbeat)
                     if sock is not None:
                         await self._run_handler(sock, handler, scope)
         finally:
@@ -287,7 +288,7 @@ class WebSocketManager:
                 await buffered.aclose()
 
     async def _handshake(
-        self, buffered: BufferedStream, nursery: trio.Nursery
+        self, buffered: BufferedStream, nursery: trio.Nursery, heartbeat: HeartbeatHost
     ) -> ManagedSocket | None:
         with trio.move_on_after(self.connection_timeout) as timeout:
             buffered.on_close.append(timeout.cancel)  # a failed handshake ends the wait
@@ -299,7 +300,7 @@ class WebSocketManager:
                     max_message_size=int(self.max_message_size),
                     receive_buffer_size=self.receive_buffer_size,
                 )
-                return await self._admit(request, buffered, nursery=nursery)
+                return await self._admit(request, buffered, nursery=nursery, heartbeat=heartbeat)
             except RequestRejected:
                 return None
         if buffered.closed:
@@ -368,8 +369,9 @@ class WebSocketManager:
         conn = _border.connection_of(request)
         _border.set_max_message_size(conn, int(self.max_message_size))
         buffered = _border.adopt_stream(conn)
+        heartbeat = HeartbeatHost()
         with self._connection_scope() as scope, _unwrap_single_group():
-            async with _background_nursery() as nursery:
+            async with _background_nursery(heartbeat) as nursery:
                 buffered.attach(nursery)
                 sock: ManagedSocket | None = None
                 with trio.move_on_after(self.connection_timeout):
@@ -377,6 +379,7 @@ class WebSocketManager:
                         request,
                         buffered,
                         nursery=nursery,
+                        heartbeat=heartbeat,
                         user_id=user_id,
                         subprotocol=subprotocol,
                         extra_headers=list(extra_headers),
@@ -408,6 +411,7 @@ class WebSocketManager:
         buffered: BufferedStream,
         *,
         nursery: trio.Nursery,
+        heartbeat: HeartbeatHost,
         user_id: str | _Unset | None = UNSET,
         subprotocol: str | _Unset | None = UNSET,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
@@ -469,8 +473,7 @@ class WebSocketManager:
             self._registry.add(sock, address)
             registered = True
             self._counts["accepted"] += 1
-            nursery.start_soon(
-                run_heartbeat,
+            heartbeat.start(
                 sock,
                 self.heartbeat_interval,
                 self.heartbeat_timeout,
@@ -638,27 +641,30 @@ def _remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
 
 
 @asynccontextmanager
-async def _background_nursery() -> AsyncIterator[trio.Nursery]:
+async def _background_nursery(heartbeat: HeartbeatHost) -> AsyncIterator[trio.Nursery]:
     """A nursery for one connection's loops, shielded from cancellation outside it.
 
     Cancelling ``serve`` (or a handler) must still close each socket cleanly: the
     reader has to keep running to see the peer's close reply. So the loops live
     in a shielded nursery that is cancelled explicitly when the block exits,
-    after the connection's bounded final close.
+    after the connection's bounded final close. The task that keeps it open
+    also runs the connection's heartbeat (one task fewer per connection).
     """
     async with trio.open_nursery() as outer:
-        inner: trio.Nursery = await outer.start(_shielded_nursery)
+        inner: trio.Nursery = await outer.start(_shielded_nursery, heartbeat)
         try:
             yield inner
         finally:
             inner.cancel_scope.cancel()
 
 
-async def _shielded_nursery(*, task_status: trio.TaskStatus[trio.Nursery]) -> None:
+async def _shielded_nursery(
+    heartbeat: HeartbeatHost, *, task_status: trio.TaskStatus[trio.Nursery]
+) -> None:
     with trio.CancelScope(shield=True):
         async with trio.open_nursery() as nursery:
             task_status.started(nursery)
-            await trio.sleep_forever()  # keeps the nursery open until it is cancelled
+            await heartbeat.run()  # keeps the nursery open until it is cancelled
 
 
 @contextmanager
