@@ -31,19 +31,50 @@ class HeartbeatHost:
         self._waiting: trio.lowlevel.Task | None = None
 
     def start(self, sock: ManagedSocket, interval: float, pong_timeout: float, queue: int) -> None:
-        """Hand the admitted socket's heartbeat (see :func:`run_heartbeat`) to the host task."""
+        """Hand the admitted socket's heartbeat to the host task (see :meth:`run`)."""
         self._job = (sock, interval, pong_timeout, queue)
         waiting, self._waiting = self._waiting, None
         if waiting is not None:
             trio.lowlevel.reschedule(waiting)
 
     async def run(self) -> None:
-        """The host task's body: wait for a socket, beat until it closes, then wait for cancel."""
+        """The host task's body: wait for the socket, beat until it closes, then for cancel.
+
+        Ping the socket every ``interval``; abort it with 1011 when a pong is
+        late. A peer is reaped at most ``interval + pong_timeout`` after it
+        stopped answering. While the application leaves ``queue`` received
+        messages unread, reading stops (backpressure), pongs cannot be seen,
+        and so no verdict is made: the ping is skipped rather than blaming the
+        peer for our own backlog.
+
+        Idle waits call ``wait_task_rescheduled`` directly rather than
+        ``trio.sleep``: fewer coroutine frames stay alive on every connection.
+        """
         if self._job is None:
             self._waiting = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort)
         if self._job is not None:
-            await run_heartbeat(*self._job)
+            sock, interval, pong_timeout, queue = self._job
+            if not math.isinf(interval):
+                conn = sock._conn
+                while not sock.closed:
+                    with trio.CancelScope(deadline=trio.current_time() + interval):
+                        await trio.lowlevel.wait_task_rescheduled(_never_rescheduled)
+                    if sock.closed:
+                        break
+                    if _border.pending_messages(conn) >= queue:
+                        continue
+                    started = trio.current_time()
+                    with trio.move_on_after(pong_timeout) as scope:
+                        try:
+                            await conn.ping()
+                        except trio_websocket.ConnectionClosed:
+                            break
+                    if scope.cancelled_caught:
+                        sock._manager._count_heartbeat_timeout()
+                        await sock.abort(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
+                        break
+                    sock._ping_rtt = trio.current_time() - started
         await trio.sleep_forever()
 
     def _abort(self, _: object) -> trio.lowlevel.Abort:
@@ -51,47 +82,5 @@ class HeartbeatHost:
         return trio.lowlevel.Abort.SUCCEEDED
 
 
-async def run_heartbeat(
-    sock: ManagedSocket, interval: float, pong_timeout: float, queue: int
-) -> None:
-    """Ping ``sock`` until it closes; abort it with 1011 when a pong is late.
-
-    A peer is reaped at most ``interval + pong_timeout`` after it stopped answering.
-    While the application leaves ``queue`` received messages unread, reading
-    stops (backpressure), pongs cannot be seen, and so no verdict is made: the
-    ping is skipped rather than blaming the peer for our own backlog.
-    """
-    if math.isinf(interval):
-        return
-    conn = sock._conn
-    while not sock.closed:
-        await _sleep(interval)
-        if sock.closed:
-            return
-        if _border.pending_messages(conn) >= queue:
-            continue
-        started = trio.current_time()
-        with trio.move_on_after(pong_timeout) as scope:
-            try:
-                await conn.ping()
-            except trio_websocket.ConnectionClosed:
-                return
-        if scope.cancelled_caught:
-            sock._manager._count_heartbeat_timeout()
-            await sock.abort(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
-            return
-        sock._ping_rtt = trio.current_time() - started
-
-
 def _never_rescheduled(_: object) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.SUCCEEDED
-
-
-async def _sleep(seconds: float) -> None:
-    """``trio.sleep`` with three fewer coroutine frames kept alive while it waits.
-
-    Thousands of idle connections each have a heartbeat sleeping here, so its
-    frames are a measurable part of the memory per connection.
-    """
-    with trio.CancelScope(deadline=trio.current_time() + seconds):
-        await trio.lowlevel.wait_task_rescheduled(_never_rescheduled)
