@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import pytest
@@ -442,6 +444,47 @@ async def test_healthy_peer_survives_many_heartbeats(autojump_clock: Any) -> Non
         assert message.startswith("rtt=0.")
         assert manager.get_active_connections() == 1
     assert manager.statistics().heartbeat_timeouts == 0
+
+
+async def test_serve_stream_replays_bytes_a_front_already_read() -> None:
+    manager = quiet()
+    seen: list[ManagedSocket] = []
+
+    async def handler(sock: ManagedSocket) -> None:
+        seen.append(sock)
+        await echo(sock)
+
+    async def front(stream: trio.SocketStream) -> None:
+        head = await stream.receive_some(10)  # e.g. a router peeking at the request line
+        await manager.serve_stream(handler, stream, initial_data=head)
+
+    async with trio.open_nursery() as nursery:
+        listeners = await nursery.start(partial(trio.serve_tcp, front, 0, host="127.0.0.1"))
+        port = listeners[0].socket.getsockname()[1]
+        async with connect(f"ws://127.0.0.1:{port}/front") as ws:
+            await ws.send("through the front")
+            assert await ws.recv() == "through the front"
+            assert seen[0].path == "/front"
+            assert seen[0].remote is not None  # the raw TCP stream was kept
+        await manager.close()
+        nursery.cancel_scope.cancel()
+
+
+async def test_handler_ending_on_its_own_closed_socket_is_not_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    manager = quiet()
+
+    async def handler(sock: ManagedSocket) -> None:
+        while True:
+            await sock.receive()  # raises ConnectionClosed once the peer has gone
+
+    async with serving(manager, handler) as url, connect(url) as ws:
+        await ws.send("one")
+    with trio.fail_after(5):
+        while manager.get_active_connections():
+            await trio.sleep(0.01)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_in_memory_client_reports_a_refused_handshake_plainly() -> None:

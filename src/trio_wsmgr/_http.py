@@ -4,9 +4,9 @@ Not a web server. It reads one request head per connection (with h11, under a
 timeout and a size cap) and then does exactly one of three things:
 
 * a ``GET`` of the WebSocket path that asks for ``Upgrade: websocket`` is
-  handed to :meth:`WebSocketManager.serve_stream`, with the bytes already read
-  put back in front of the stream (:class:`PrefixedStream`), so the manager
-  sees the handshake as if it had read it itself;
+  handed to :meth:`WebSocketManager.serve_stream` with the bytes already read
+  as ``initial_data``, so the manager sees the handshake as if it had read it
+  itself (and keeps the raw TCP stream: peer address, fast writes);
 * a ``GET`` or ``HEAD`` of a known route is answered from memory with
   ``Content-Type``, ``Content-Length``, ``Cache-Control`` and
   ``X-Content-Type-Options: nosniff`` (plus a strict Content-Security-Policy);
@@ -170,37 +170,6 @@ async def _linger(stream: trio.abc.Stream) -> None:
             drained += len(data)
 
 
-class PrefixedStream(trio.abc.Stream):
-    """``stream`` with ``prefix`` put back in front of what it receives.
-
-    The front reads the request head before it knows who should handle the
-    connection; the WebSocket side then reads those same bytes from here.
-    """
-
-    def __init__(self, stream: trio.abc.Stream, prefix: bytes) -> None:
-        self.transport_stream = stream
-        self._prefix = prefix
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
-        if not self._prefix:
-            return await self.transport_stream.receive_some(max_bytes)
-        await trio.lowlevel.checkpoint()
-        if max_bytes is None or max_bytes >= len(self._prefix):
-            data, self._prefix = self._prefix, b""
-        else:
-            data, self._prefix = self._prefix[:max_bytes], self._prefix[max_bytes:]
-        return data
-
-    async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        await self.transport_stream.send_all(data)
-
-    async def wait_send_all_might_not_block(self) -> None:
-        await self.transport_stream.wait_send_all_might_not_block()
-
-    async def aclose(self) -> None:
-        await self.transport_stream.aclose()
-
-
 def _path(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError(f"{attribute.name} must be a path starting with '/', not {value!r}")
@@ -262,9 +231,7 @@ class HttpFront:
             answer = await self._read_and_route(stream, received)
             if answer is not None and answer.websocket:
                 handed_over = True
-                await self.manager.serve_stream(
-                    self.handler, PrefixedStream(stream, bytes(received))
-                )
+                await self.manager.serve_stream(self.handler, stream, initial_data=bytes(received))
             elif answer is not None:
                 with trio.move_on_after(self.write_timeout) as writing:
                     await stream.send_all(answer.to_bytes())

@@ -18,7 +18,7 @@ from . import _border
 from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
 from ._compression import Compression
 from ._config import CloseCode
-from ._exceptions import RequestRejected
+from ._exceptions import ConnectionClosed, RequestRejected
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
 from ._heartbeat import HeartbeatHost
 from ._message import DeflateCompressor, Outgoing
@@ -267,14 +267,19 @@ class WebSocketManager:
                 connections.cancel_scope.deadline, trio.current_time() + 2 * self.close_timeout
             )
 
-    async def serve_stream(self, handler: Handler, stream: trio.abc.Stream) -> None:
+    async def serve_stream(
+        self, handler: Handler, stream: trio.abc.Stream, *, initial_data: bytes = b""
+    ) -> None:
         """Run one connection over ``stream`` (a TCP stream or any trio Stream).
 
         The whole life of a connection: handshake within ``connection_timeout``,
         admission, the handler, and a bounded close. Never raises for the
         peer's faults; a crashing handler is logged and closes with 1011.
+        ``initial_data`` is what a front (an HTTP router) already read from the
+        stream: it is read again first, so the raw stream can be passed as is
+        (keeping ``sock.remote`` and the fast write path).
         """
-        buffered = BufferedStream(stream)
+        buffered = BufferedStream(stream, unread=initial_data)
         heartbeat = HeartbeatHost()
         try:
             with self._connection_scope() as scope, _unwrap_single_group():
@@ -319,6 +324,11 @@ class WebSocketManager:
         except trio.Cancelled:
             code, reason = self._close_code
             raise
+        except ConnectionClosed:
+            if not sock.closed:  # a handler using some other closed connection: its bug
+                logger.exception("handler for %r failed", sock)
+                code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+            # else: its own socket closed under it, which is how handlers usually end
         except Exception:
             logger.exception("handler for %r failed", sock)
             code, reason = CloseCode.INTERNAL_ERROR, "internal error"

@@ -128,7 +128,7 @@ class ManagedSocket:
     @property
     def closed(self) -> bool:
         """True once a close has started (from either side) or the connection died."""
-        return self._closing or self._stream.closed
+        return self._closing or self._stream.closed or self._conn.closed is not None
 
     async def wait_closed(self) -> None:
         """Wait until the connection is fully closed and unregistered."""

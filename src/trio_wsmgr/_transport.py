@@ -62,6 +62,7 @@ class BufferedStream(trio.abc.Stream):
         "_parked_writer",
         "_queue",
         "_queued_total",
+        "_unread",
         "_writer_running",
         "_writing",
         "buffered",
@@ -71,8 +72,9 @@ class BufferedStream(trio.abc.Stream):
         "on_close",
     )
 
-    def __init__(self, inner: trio.abc.Stream) -> None:
+    def __init__(self, inner: trio.abc.Stream, *, unread: bytes = b"") -> None:
         self.inner = inner
+        self._unread = unread  # bytes already read from ``inner`` by someone else
         self._fd = _socket_fd(inner)
         self._queue: list[bytes] = []
         #: bytes accepted but not yet handed to the kernel (queued + in flight)
@@ -270,6 +272,12 @@ class BufferedStream(trio.abc.Stream):
         await self.wait_below(1)
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+        unread = self._unread
+        if unread:
+            size = len(unread) if max_bytes is None else max_bytes
+            data, self._unread = unread[:size], unread[size:]
+            await trio.lowlevel.checkpoint()
+            return data
         return await self.inner.receive_some(max_bytes)
 
     def abort(self) -> None:
