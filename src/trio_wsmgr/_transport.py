@@ -30,7 +30,8 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import trio
 
@@ -271,14 +272,22 @@ class BufferedStream(trio.abc.Stream):
     async def wait_send_all_might_not_block(self) -> None:
         await self.wait_below(1)
 
-    async def receive_some(self, max_bytes: int | None = None) -> bytes | bytearray:
+    def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes | bytearray]:
+        """The inner stream's ``receive_some`` itself (after any ``unread`` bytes).
+
+        Not a coroutine of its own: the reader waits here on every idle
+        connection, and handing back the inner awaitable saves a frame each.
+        """
+        if self._unread:
+            return self._receive_unread(max_bytes)
+        return self.inner.receive_some(max_bytes)
+
+    async def _receive_unread(self, max_bytes: int | None) -> bytes | bytearray:
         unread = self._unread
-        if unread:
-            size = len(unread) if max_bytes is None else max_bytes
-            data, self._unread = unread[:size], unread[size:]
-            await trio.lowlevel.checkpoint()
-            return data
-        return await self.inner.receive_some(max_bytes)
+        size = len(unread) if max_bytes is None else max_bytes
+        data, self._unread = unread[:size], unread[size:]
+        await trio.lowlevel.checkpoint()
+        return data
 
     def abort(self) -> None:
         """Close at once, synchronously where the transport allows (pending bytes dropped)."""
