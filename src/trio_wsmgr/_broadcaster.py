@@ -41,6 +41,7 @@ from ._manager import WebSocketManager
 from ._message import Outgoing
 from ._socket import ManagedSocket
 from ._util import unwrap_single_group
+from ._validators import count, instance_of
 from .backends._base import Backend, BackendStatistics
 from .backends._memory import MemoryBackend
 
@@ -200,18 +201,6 @@ class BroadcasterStatistics:
     backend: BackendStatistics
 
 
-def _size(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{attribute.name} must be an int, not {value!r}")
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be >= 1, not {value!r}")
-
-
-def _backend(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, Backend):
-        raise TypeError(f"{attribute.name} must be a trio_wsmgr.backends.Backend, not {value!r}")
-
-
 @attrs.define(kw_only=True, eq=False, repr=False)
 class Broadcaster:
     """Named channels of sockets; across processes through a backend.
@@ -237,9 +226,11 @@ class Broadcaster:
     backend) that backend's exception; never an ExceptionGroup of one.
     """
 
-    backend: Backend = attrs.field(factory=MemoryBackend, validator=_backend)
-    inbox_size: int = attrs.field(default=1024, validator=_size)
-    user_shards: int = attrs.field(default=1, validator=_size)
+    backend: Backend = attrs.field(
+        factory=MemoryBackend, validator=instance_of(Backend, "a trio_wsmgr.backends.Backend")
+    )
+    inbox_size: int = attrs.field(default=1024, validator=count(1))
+    user_shards: int = attrs.field(default=1, validator=count(1))
 
     _node: bytes = attrs.field(init=False, factory=lambda: os.urandom(8))
     _channels: dict[str, Channel] = attrs.field(init=False, factory=dict)

@@ -35,6 +35,7 @@ import trio
 
 from .._backoff import Backoff
 from .._exceptions import BackendUnavailable
+from .._validators import seconds
 from ._base import Backend, BackendStatistics, Receiver
 
 if TYPE_CHECKING:
@@ -56,13 +57,6 @@ def _url(instance: object, attribute: attrs.Attribute[Any], value: object) -> No
         raise ValueError(
             f"{attribute.name} must be a redis://, rediss:// or unix:// URL, not {_redact(value)!r}"
         )
-
-
-def _seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{attribute.name} must be a number of seconds, not {value!r}")
-    if math.isnan(value) or value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0 (math.inf means never), not {value!r}")
 
 
 def _prefix(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -130,9 +124,9 @@ class RedisBackend(Backend):
         kw_only=True, default=False, validator=attrs.validators.instance_of(bool)
     )
     prefix: str = attrs.field(kw_only=True, default="trio_wsmgr:", validator=_prefix)
-    connect_timeout: float = attrs.field(kw_only=True, default=5.0, validator=_seconds)
-    command_timeout: float = attrs.field(kw_only=True, default=2.0, validator=_seconds)
-    health_check_interval: float = attrs.field(kw_only=True, default=15.0, validator=_seconds)
+    connect_timeout: float = attrs.field(kw_only=True, default=5.0, validator=seconds)
+    command_timeout: float = attrs.field(kw_only=True, default=2.0, validator=seconds)
+    health_check_interval: float = attrs.field(kw_only=True, default=15.0, validator=seconds)
     backoff: Backoff = attrs.field(
         kw_only=True,
         factory=lambda: Backoff(initial=0.05, maximum=5.0),
