@@ -7,11 +7,13 @@ EAGAIN. No mocks.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -21,10 +23,10 @@ import trio_websocket
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.trio.client import connect
 
-from trio_wsmgr import Compression, ManagedSocket, WebSocketManager
+from trio_wsmgr import Compression, ManagedSocket, WebSocketManager, _border
 from trio_wsmgr._message import Outgoing
 from trio_wsmgr._transport import BufferedStream
-from trio_wsmgr.testing import Peer, open_peer
+from trio_wsmgr.testing import Peer, open_client, open_peer
 
 SMALL = 4096  # SO_SNDBUF / SO_RCVBUF asked for (the kernel doubles it, with a floor)
 
@@ -408,3 +410,102 @@ async def test_sockets_from_accept_get_heartbeats_too() -> None:
         assert manager.statistics().heartbeat_timeouts == 1
         await manager.close()
         nursery.cancel_scope.cancel()
+
+
+# -- heartbeats that do not wait for their pongs ------------------------------------------
+
+
+class _Waiter:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def set(self) -> None:
+        self.calls += 1
+
+
+async def test_ping_nowait_is_settled_by_trio_websockets_reader() -> None:
+    """Pins ``conn._pings``: a pong sets the waiter registered by ping_nowait."""
+    sockets: list[ManagedSocket] = []
+
+    async def handler(sock: ManagedSocket) -> None:
+        sockets.append(sock)
+        async for _ in sock:
+            pass
+
+    manager = WebSocketManager(heartbeat_interval=math.inf)
+    async with open_client(manager, handler):  # trio-websocket's client answers pings
+        await trio.testing.wait_all_tasks_blocked()
+        (sock,) = sockets
+        assert hasattr(sock._conn, "_pings"), "WebSocketConnection._pings moved"
+        waiter = _Waiter()
+        assert _border.ping_nowait(sock._conn, sock._stream, b"beat", waiter)
+        assert not _border.ping_nowait(sock._conn, sock._stream, b"beat", _Waiter())  # in flight
+        with trio.fail_after(5):
+            while not waiter.calls:
+                await trio.sleep(0.001)
+        assert waiter.calls == 1
+        assert b"beat" not in sock._conn._pings
+        await sock.close()
+        assert not _border.ping_nowait(sock._conn, sock._stream, b"late", _Waiter())
+
+
+async def handler_idle(sock: ManagedSocket) -> None:
+    async for _ in sock:
+        pass
+
+
+async def test_silent_peer_is_reaped_in_time_when_the_timeout_exceeds_the_interval(
+    autojump_clock: Any,
+) -> None:
+    manager = WebSocketManager(heartbeat_interval=2, heartbeat_timeout=5)
+    async with open_peer(manager, handler_idle) as peer:
+        with trio.move_on_after(7):  # a few healthy beats first (reading answers the pings)
+            while True:
+                await peer.next_event()
+        assert manager.get_active_connections() == 1
+        peer.answer_pings = False
+        start = trio.current_time()
+        code, reason = await peer.wait_closed()
+        assert (code, reason) == (1011, "heartbeat timeout")
+        assert trio.current_time() - start <= 2 + 5 + 0.1
+
+
+async def test_pings_keep_their_interval_and_record_the_round_trip(autojump_clock: Any) -> None:
+    manager = WebSocketManager(heartbeat_interval=3, heartbeat_timeout=3)
+    pings: list[float] = []
+
+    async with open_peer(manager, handler_idle) as peer:
+        original = peer._note
+
+        async def note(event: Any) -> None:
+            if type(event).__name__ == "Ping":
+                pings.append(trio.current_time())
+            await original(event)
+
+        peer._note = note  # type: ignore[method-assign]
+        (sock,) = manager.sockets()
+        with trio.move_on_after(31):
+            while True:
+                await peer.next_event()
+        assert 9 <= len(pings) <= 11
+        gaps = [b - a for a, b in itertools.pairwise(pings)]
+        assert all(2.9 <= gap <= 3.1 for gap in gaps), gaps
+        assert sock.statistics().ping_rtt >= 0
+        assert manager.statistics().heartbeat_timeouts == 0
+
+
+async def test_no_verdict_while_the_application_leaves_messages_unread(
+    autojump_clock: Any,
+) -> None:
+    manager = WebSocketManager(heartbeat_interval=2, heartbeat_timeout=2, max_incoming_queue=2)
+
+    async def never_reads(sock: ManagedSocket) -> None:
+        await trio.sleep(40)
+
+    async with open_peer(manager, never_reads) as peer:
+        for i in range(5):
+            await peer.send(f"unread {i}")
+        peer.answer_pings = False
+        await trio.sleep(30)  # pongs could not be read anyway: no pings, no verdict
+        assert manager.get_active_connections() == 1
+        assert manager.statistics().heartbeat_timeouts == 0

@@ -21,6 +21,8 @@ What we touch (all on ``WebSocketConnection`` / ``WebSocketRequest``):
 ``conn._max_message_size``
 ``conn._initial_request`` a client's opening request, to offer extensions
 ``conn._reader_task``   started as trio-websocket's own client starts it
+``conn._pings``         in-flight pings (payload -> object with ``set()``), to
+                        ping without waiting for the pong (heartbeats)
 =====================  ====================================================
 
 Data frames are encoded here too (:func:`encode_frame`), so that one broadcast
@@ -31,13 +33,15 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
+from typing import Protocol, cast
 
 import trio
 import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import ConnectionState
-from wsproto.events import AcceptConnection, CloseConnection, Request
+from wsproto.events import AcceptConnection, CloseConnection, Ping, Request
 from wsproto.extensions import Extension
+from wsproto.utilities import LocalProtocolError
 
 from ._transport import BufferedStream
 
@@ -145,6 +149,40 @@ def send_failure_close_nowait(
         stream.write_nowait(data)
     except Exception:
         return
+
+
+class PongWaiter(Protocol):
+    """What :func:`ping_nowait` registers: trio-websocket calls ``set()`` on the pong."""
+
+    def set(self) -> None: ...
+
+
+def ping_nowait(
+    conn: trio_websocket.WebSocketConnection,
+    stream: BufferedStream,
+    payload: bytes,
+    waiter: PongWaiter,
+) -> bool:
+    """Send a ping without waiting for its pong; ``waiter.set()`` runs when the pong arrives.
+
+    ``conn.ping()`` waits in the calling task (taking trio-websocket's send lock
+    and an Event); the heartbeat only needs to look at its deadline whether the
+    pong came. Registered exactly as ``conn.ping()`` registers its Event, so
+    trio-websocket's reader settles it (and earlier skipped ones) the same way.
+    Returns False, sending nothing, if the connection is no longer open.
+    """
+    if conn.closed is not None or conn._wsproto.state is not ConnectionState.OPEN:
+        return False
+    pings = cast("dict[bytes, PongWaiter]", conn._pings)
+    if payload in pings:
+        return False
+    try:
+        data = conn._wsproto.send(Ping(payload=payload))
+        stream.write_nowait(data)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, LocalProtocolError):
+        return False
+    pings[payload] = waiter
+    return True
 
 
 def send_close_nowait(

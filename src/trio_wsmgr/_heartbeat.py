@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
+import random
 from typing import TYPE_CHECKING
 
 import trio
-import trio_websocket
 
 from . import _border
 from ._config import CloseCode
@@ -38,43 +38,56 @@ class HeartbeatHost:
             trio.lowlevel.reschedule(waiting)
 
     async def run(self) -> None:
-        """The host task's body: wait for the socket, beat until it closes, then for cancel.
+        """The host task's body: wait for the socket, ping it until it closes, wait for cancel.
 
-        Ping the socket every ``interval``; abort it with 1011 when a pong is
-        late. A peer is reaped at most ``interval + pong_timeout`` after it
-        stopped answering. While the application leaves ``queue`` received
-        messages unread, reading stops (backpressure), pongs cannot be seen,
-        and so no verdict is made: the ping is skipped rather than blaming the
-        peer for our own backlog.
+        A ping every ``interval``; a peer whose pong is ``pong_timeout`` late is
+        aborted with 1011, so it is reaped at most ``interval + pong_timeout``
+        after it stopped answering. While the application leaves ``queue``
+        received messages unread, reading stops (backpressure) and pongs cannot
+        be seen, so no ping is sent: the peer is not blamed for our own backlog.
 
-        Idle waits call ``wait_task_rescheduled`` directly rather than
+        The task wakes only to send a ping or to judge one at its deadline (with
+        equal interval and timeout, one wake-up does both): pings go out without
+        waiting (:func:`~._border.ping_nowait`) and trio-websocket's reader notes
+        the pong. Waits call ``wait_task_rescheduled`` directly, not
         ``trio.sleep``: fewer coroutine frames stay alive on every connection.
         """
         if self._job is None:
             self._waiting = trio.lowlevel.current_task()
             await trio.lowlevel.wait_task_rescheduled(self._abort)
-        if self._job is not None:
-            sock, interval, pong_timeout, queue = self._job
-            if not math.isinf(interval):
-                conn = sock._conn
-                while not sock.closed:
-                    with trio.CancelScope(deadline=trio.current_time() + interval):
-                        await trio.lowlevel.wait_task_rescheduled(_never_rescheduled)
-                    if sock.closed:
-                        break
-                    if _border.pending_messages(conn) >= queue:
-                        continue
-                    started = trio.current_time()
-                    with trio.move_on_after(pong_timeout) as scope:
-                        try:
-                            await conn.ping()
-                        except trio_websocket.ConnectionClosed:
-                            break
-                    if scope.cancelled_caught:
-                        sock._manager._count_heartbeat_timeout()
-                        await sock.abort(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
-                        break
-                    sock._ping_rtt = trio.current_time() - started
+        if self._job is None or math.isinf(self._job[1]):
+            await trio.sleep_forever()
+        sock, interval, pong_timeout, queue = self._job
+        conn = sock._conn
+        next_ping = trio.current_time() + interval
+        ping: _Ping | None = None
+        while not sock.closed:
+            if ping is None:
+                wake = next_ping
+            elif next_ping > trio.current_time():
+                wake = min(ping.deadline, next_ping)  # a prompt pong: the next ping on time
+            else:
+                wake = ping.deadline  # the next ping waits until this one is settled
+            with trio.CancelScope(deadline=wake):
+                await trio.lowlevel.wait_task_rescheduled(_never_rescheduled)
+            if sock.closed:
+                break
+            now = trio.current_time()
+            if ping is not None:
+                if ping.answered_at is not None:
+                    sock._ping_rtt = ping.answered_at - ping.sent_at
+                    ping = None
+                elif now >= ping.deadline:
+                    sock._manager._count_heartbeat_timeout()
+                    await sock.abort(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
+                    break
+            if ping is None and now >= next_ping:
+                next_ping = now + interval
+                if _border.pending_messages(conn) < queue:
+                    ping = _Ping(now, now + pong_timeout)
+                    payload = random.getrandbits(32).to_bytes(4, "big")
+                    if not _border.ping_nowait(conn, sock._stream, payload, ping):
+                        break  # closing: nothing left to watch
         await trio.sleep_forever()
 
     def _abort(self, _: object) -> trio.lowlevel.Abort:
@@ -84,3 +97,18 @@ class HeartbeatHost:
 
 def _never_rescheduled(_: object) -> trio.lowlevel.Abort:
     return trio.lowlevel.Abort.SUCCEEDED
+
+
+class _Ping:
+    """One ping in flight; trio-websocket's reader calls :meth:`set` when its pong arrives."""
+
+    __slots__ = ("answered_at", "deadline", "sent_at")
+
+    def __init__(self, sent_at: float, deadline: float) -> None:
+        self.sent_at = sent_at
+        self.deadline = deadline
+        self.answered_at: float | None = None
+
+    def set(self) -> None:
+        if self.answered_at is None:
+            self.answered_at = trio.current_time()
