@@ -25,6 +25,7 @@ from ._exceptions import ConnectionClosed
 from ._message import Outgoing
 
 if TYPE_CHECKING:
+    from ._manager import WebSocketManager
     from ._socket import ManagedSocket
 
 OnFull: TypeAlias = Literal["wait", "drop", "close"]
@@ -47,11 +48,14 @@ def deliver_nowait(
     queued = 0
     full: list[ManagedSocket] = []
     plain: bytes | None = None  # the uncompressed frame, shared by most sockets
+    counting: WebSocketManager | None = None  # statistics go to the manager once per run
+    count = size = 0
     for sock in sockets:
         stream = sock._stream
         if stream.closed or sock._closing:
             continue
-        if stream.buffered < sock._manager.send_buffer_size:
+        manager = sock._manager
+        if stream.buffered < manager.send_buffer_size:
             compressor = sock._compressor
             if compressor is None:
                 if plain is None:
@@ -64,6 +68,12 @@ def deliver_nowait(
             except ConnectionClosed:
                 continue
             queued += 1
+            if manager is not counting:
+                if counting is not None:
+                    counting._count_out(size, count)
+                counting, count, size = manager, 0, 0
+            count += 1
+            size += len(frame)
         elif on_full == "wait":
             full.append(sock)
         elif on_full == "drop":
@@ -72,6 +82,8 @@ def deliver_nowait(
         else:
             sock._manager._count_slow_consumer()
             sock.close_nowait(CloseCode.POLICY_VIOLATION, "slow consumer", discard_pending=True)
+    if counting is not None:
+        counting._count_out(size, count)
     return queued, full
 
 

@@ -610,9 +610,10 @@ class WebSocketManager:
         counts["messages_in"] += 1
         counts["bytes_in"] += size
 
-    def _count_out(self, size: int) -> None:
+    def _count_out(self, size: int, messages: int = 1) -> None:
+        """Count ``messages`` sent, ``size`` bytes in all (fan-out counts a broadcast at once)."""
         counts = self._counts
-        counts["messages_out"] += 1
+        counts["messages_out"] += messages
         counts["bytes_out"] += size
 
     def _count_dropped(self, messages: int) -> None:

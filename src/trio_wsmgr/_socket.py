@@ -228,19 +228,19 @@ class ManagedSocket:
 
     def _put(self, outgoing: Outgoing) -> None:
         """Frame and write one message (room already checked). Synchronous."""
-        self._put_frame(outgoing.frame_for(self._compressor))
+        frame = outgoing.frame_for(self._compressor)
+        self._put_frame(frame)
+        self._manager._count_out(len(frame))
 
     def _put_frame(self, frame: bytes) -> None:
-        """Write one message's frame, framed for this socket (room already checked)."""
+        """Write one message's frame (room already checked); the caller counts it on the manager."""
         try:
             self._stream.write_nowait(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             self._note_remote_close()
             raise ConnectionClosed(self.close_code, self.close_reason) from exc
-        size = len(frame)
         self._messages_out += 1
-        self._bytes_out += size
-        self._manager._count_out(size)
+        self._bytes_out += len(frame)
 
     async def _wait_room(self, deadline: float) -> bool:
         """Wait for buffer room until ``deadline``; on timeout close 1008. True if room."""
