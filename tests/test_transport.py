@@ -23,7 +23,7 @@ import trio_websocket
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 from websockets.trio.client import connect
 
-from trio_wsmgr import Compression, ManagedSocket, WebSocketManager, _border
+from trio_wsmgr import Broadcaster, Compression, ManagedSocket, WebSocketManager, _border
 from trio_wsmgr._message import Outgoing
 from trio_wsmgr._transport import BufferedStream
 from trio_wsmgr.testing import Peer, open_client, open_peer
@@ -214,6 +214,30 @@ async def test_a_cancelled_send_loop_leaves_the_stream_usable() -> None:
                 while stream.buffered:
                     await client.receive_some(1 << 16)
                     await trio.lowlevel.checkpoint()
+
+
+async def test_one_fan_out_over_two_managers_counts_each_managers_deliveries() -> None:
+    managers = [WebSocketManager(heartbeat_interval=math.inf) for _ in range(2)]
+    async with Broadcaster() as broadcaster:
+
+        async def handler(sock: ManagedSocket) -> None:
+            await broadcaster.subscribe(sock, "room")
+            async for _ in sock:
+                pass
+
+        async with (
+            open_peer(managers[0], handler) as a,
+            open_peer(managers[1], handler) as b,
+            open_peer(managers[0], handler) as c,
+        ):
+            await trio.testing.wait_all_tasks_blocked()
+            assert await broadcaster.broadcast("room", "hello") == 3
+            for peer in (a, b, c):
+                assert await peer.receive() == "hello"
+    frame = len("hello") + 2
+    first, second = (m.statistics() for m in managers)
+    assert (first.messages_out, first.bytes_out) == (2, 2 * frame)
+    assert (second.messages_out, second.bytes_out) == (1, frame)
 
 
 # -- closing and failing during a write ----------------------------------------------------------
