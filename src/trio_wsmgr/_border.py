@@ -20,7 +20,8 @@ What we touch (all on ``WebSocketConnection`` / ``WebSocketRequest``):
 ``conn._recv_channel``  how many received messages wait for the application
 ``conn._max_message_size``
 ``conn._initial_request`` a client's opening request, to offer extensions
-``conn._reader_task``   started as trio-websocket's own client starts it
+``conn._reader_task``   started as trio-websocket's own client and server do
+``conn._get_request``   what trio-websocket's ``wrap_server_stream`` awaits
 ``conn._pings``         in-flight pings (payload -> object with ``set()``), to
                         ping without waiting for the pong (heartbeats)
 =====================  ====================================================
@@ -146,6 +147,7 @@ def send_failure_close_nowait(
     try:
         data = conn._wsproto.send(CloseConnection(code=reason.code, reason=reason.reason or ""))
         stream.flush_on_close = True
+        stream.close_frame_sent = True
         stream.write_nowait(data)
     except Exception:
         return
@@ -194,6 +196,7 @@ def send_close_nowait(
     try:
         data = conn._wsproto.send(CloseConnection(code=code, reason=reason))
         stream.flush_on_close = True
+        stream.close_frame_sent = True
         stream.write_nowait(data)
     except Exception:
         return
@@ -249,3 +252,41 @@ async def wrap_client_stream(
     nursery.start_soon(conn._reader_task)
     await conn._open_handshake.wait()
     return conn
+
+
+async def wrap_server_stream(
+    nursery: trio.Nursery,
+    stream: BufferedStream,
+    *,
+    message_queue_size: int,
+    max_message_size: int,
+    receive_buffer_size: int,
+) -> trio_websocket.WebSocketRequest:
+    """``trio_websocket.wrap_server_stream``, plus: the TCP closes when the reader ends.
+
+    trio-websocket's reader can end with the stream still open: after it sent
+    a 1009 close because a message was too big, it stops reading and leaves the
+    TCP connection to whoever owns it. Nobody reads it after that, so nobody
+    would notice the peer leave; closing it when the reader ends keeps such a
+    connection from lingering (and holding a slot) forever.
+    """
+    conn = trio_websocket.WebSocketConnection(
+        stream,
+        WSConnection(ConnectionType.SERVER),
+        message_queue_size=message_queue_size,
+        max_message_size=max_message_size,
+        receive_buffer_size=receive_buffer_size,
+    )
+    nursery.start_soon(_read_then_close, conn, stream)
+    return await conn._get_request()
+
+
+async def _read_then_close(
+    conn: trio_websocket.WebSocketConnection, stream: BufferedStream
+) -> None:
+    try:
+        await conn._reader_task()
+    finally:
+        if not stream.closed:
+            with trio.CancelScope(shield=True):
+                await stream.aclose()

@@ -87,12 +87,31 @@ class HeartbeatHost:
                     ping = _Ping(now, now + pong_timeout)
                     payload = random.getrandbits(32).to_bytes(4, "big")
                     if not _border.ping_nowait(conn, sock._stream, payload, ping):
-                        break  # closing: nothing left to watch
+                        ping = None  # closing: the loop's condition sees to it
+        await _reap(sock)
         await trio.sleep_forever()
 
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._waiting = None
         return trio.lowlevel.Abort.SUCCEEDED
+
+
+async def _reap(sock: ManagedSocket) -> None:
+    """Make a close that trio-websocket started end within ``close_timeout``.
+
+    When the peer sends a close frame and then stops reading, trio-websocket
+    waits without limit for its reply to be written. Whoever started a close,
+    the connection is dropped ``close_timeout`` after this task noticed it.
+    """
+    if sock._stream.closed:
+        return
+    with trio.move_on_after(sock._manager.close_timeout):
+        await sock.wait_closed()
+    if not sock._stream.closed:
+        reason = sock._conn.closed
+        await sock.abort(
+            reason.code if reason is not None else CloseCode.ABNORMAL, "close timed out"
+        )
 
 
 def _never_rescheduled(_: object) -> trio.lowlevel.Abort:

@@ -248,6 +248,8 @@ class WebSocketManager:
         async with trio.open_nursery() as connections:
             with trio.CancelScope() as accepting:
                 self._listener_scopes.add(accepting)
+                if self._closing:  # close() ran while the listeners were being opened
+                    accepting.cancel()
                 try:
                     async with trio.open_nursery() as acceptors:
                         await acceptors.start(
@@ -298,7 +300,7 @@ class WebSocketManager:
         with trio.move_on_after(self.connection_timeout) as timeout:
             buffered.on_close.append(timeout.cancel)  # a failed handshake ends the wait
             try:
-                request = await trio_websocket.wrap_server_stream(
+                request = await _border.wrap_server_stream(
                     nursery,
                     buffered,
                     message_queue_size=int(self.max_incoming_queue),
@@ -441,13 +443,19 @@ class WebSocketManager:
             await self._refuse(request, *refusal)
         self._registry.reserve(address)
         registered = False
+        reserved_user: str | None = None
         try:
             if isinstance(user_id, _Unset):
                 user_id = await self._authenticate(request, info)
-            if user_id is not None and self._registry.user_count(user_id) >= (
-                self.max_connections_per_user
-            ):
-                await self._refuse(request, 429, "per_user", "too many connections for this user")
+            if user_id is not None:
+                # Check and reserve with no await between, so that concurrent
+                # handshakes of one user cannot all pass the check.
+                if self._registry.user_count(user_id) >= self.max_connections_per_user:
+                    await self._refuse(
+                        request, 429, "per_user", "too many connections for this user"
+                    )
+                self._registry.reserve_user(user_id)
+                reserved_user = user_id
             if isinstance(subprotocol, _Unset):
                 subprotocol = self._select_subprotocol(info.subprotocols)
             if self._closing:
@@ -483,6 +491,8 @@ class WebSocketManager:
             self._registry.add(sock, address)
             registered = True
             self._counts["accepted"] += 1
+            if self._closing:  # close() ran during our accept: it could not see this socket
+                sock.close_nowait(*self._close_code)
             heartbeat.start(
                 sock,
                 self.heartbeat_interval,
@@ -493,6 +503,8 @@ class WebSocketManager:
         finally:
             if not registered:
                 self._registry.release(address)
+                if reserved_user is not None:
+                    self._registry.release_user(reserved_user)
 
     def _check_admission(
         self, info: HandshakeRequest, address: str | None

@@ -61,6 +61,14 @@ class Registry(Generic[S]):
         if address is not None:
             self._decrement(self._per_address, address)
 
+    def reserve_user(self, user_id: str) -> None:
+        """Count a handshake of ``user_id`` against the per-user limit (before it awaits)."""
+        self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
+
+    def release_user(self, user_id: str) -> None:
+        """Undo :meth:`reserve_user` for a handshake that did not end registered."""
+        self._decrement(self._per_user, user_id)
+
     def add(self, sock: S, address: str | None) -> None:
         """Register an open socket; its handshake's reservation becomes the socket."""
         self.reserved -= 1
@@ -68,9 +76,8 @@ class Registry(Generic[S]):
         if address is not None:
             self._address_of[sock.id] = address
         user = sock.user_id
-        if user is not None:
+        if user is not None:  # its per-user count was taken by reserve_user()
             self._by_user.setdefault(user, {})[sock.id] = sock
-            self._per_user[user] = self._per_user.get(user, 0) + 1
 
     def remove(self, sock: S) -> bool:
         """Unregister; False if it was not registered. O(1)."""

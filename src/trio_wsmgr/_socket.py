@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
     from ._manager import WebSocketManager
 
 _ids = itertools.count(1)
+logger = logging.getLogger("trio_wsmgr")
 
 
 @attrs.frozen
@@ -234,6 +236,9 @@ class ManagedSocket:
 
     def _put_frame(self, frame: bytes) -> None:
         """Write one message's frame (room already checked); the caller counts it on the manager."""
+        if self._stream.close_frame_sent:  # trio-websocket sent a close frame: no data after it
+            self._note_remote_close()
+            raise ConnectionClosed(self.close_code, self.close_reason)
         try:
             self._stream.write_nowait(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
@@ -333,6 +338,11 @@ class ManagedSocket:
             self.close_code = CloseCode.ABNORMAL
         self._manager._unregister(self)
         callbacks, self._close_callbacks = self._close_callbacks, []
-        for callback in callbacks:
-            callback(self)
-        self._closed_event.set()
+        try:
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:  # one bad callback must not take the connection task down
+                    logger.exception("close callback %r for %r failed", callback, self)
+        finally:
+            self._closed_event.set()

@@ -38,6 +38,8 @@ import trio
 _FAST_PATH = sys.platform != "win32"
 #: how long ``aclose`` waits for a last frame (see ``flush_on_close``)
 FINAL_FLUSH_TIMEOUT = 0.5
+#: the first byte of an unmasked, unfragmented close frame (FIN + opcode 8)
+_CLOSE_FRAME_START = b"\x88"
 _SEND_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
 
@@ -67,6 +69,7 @@ class BufferedStream(trio.abc.Stream):
         "_writer_running",
         "_writing",
         "buffered",
+        "close_frame_sent",
         "closed",
         "flush_on_close",
         "inner",
@@ -93,6 +96,8 @@ class BufferedStream(trio.abc.Stream):
         self._writer_running = False
         self._parked_writer: trio.lowlevel.Task | None = None  # run() waiting for bytes
         self._flush_lot: trio.lowlevel.ParkingLot | None = None  # made on first wait
+        #: a WebSocket close frame went through :meth:`send_all`: data frames must not follow
+        self.close_frame_sent = False
         #: on aclose, give queued bytes one bounded last chance to go out
         self.flush_on_close = False
         self._last_flush: trio.Event | None = None
@@ -257,7 +262,10 @@ class BufferedStream(trio.abc.Stream):
     # -- trio.abc.Stream ------------------------------------------------------
 
     async def send_all(self, data: bytes | bytearray | memoryview) -> None:
-        self.write_nowait(bytes(data))
+        data = bytes(data)
+        if data[:1] == _CLOSE_FRAME_START:  # trio-websocket's close frame: no data after it
+            self.close_frame_sent = True
+        self.write_nowait(data)
         target = self._queued_total
         if self._flushed_total >= target:  # went straight to the kernel
             await trio.lowlevel.checkpoint()
@@ -301,12 +309,14 @@ class BufferedStream(trio.abc.Stream):
     def _mark_closed(self) -> None:
         if not self._closed:
             callbacks, self.on_close = self.on_close, []
-            for callback in callbacks:  # before closing: they may still write_nowait
-                callback()
-            self._closed = True
-            self.closed = True
-            self._wake_writer()
-            self._wake_flush_waiters()
+            try:
+                for callback in callbacks:  # before closing: they may still write_nowait
+                    callback()
+            finally:
+                self._closed = True
+                self.closed = True
+                self._wake_writer()
+                self._wake_flush_waiters()
 
     async def aclose(self) -> None:
         """Close now (pending bytes are dropped); always succeeds."""
