@@ -86,12 +86,20 @@ async def trio_control(
         with trio.move_on_after(WAIT_CONNECTED):
             while count() < clients:
                 await trio.sleep(0.05)
-        emit(await trio_produce(broadcast, seconds, rate))
+        emit(await produce(broadcast, seconds, rate, trio.sleep))
 
 
-async def trio_produce(
-    broadcast: Callable[[str], Awaitable[object]], seconds: float, rate: float
+async def produce(
+    broadcast: Callable[[str], Awaitable[object]],
+    seconds: float,
+    rate: float,
+    sleep: Callable[[float], Awaitable[object]],
 ) -> dict[str, Any]:
+    """Broadcast for ``seconds``, as fast as possible or at ``rate`` per second.
+
+    ``sleep`` is the event loop's (``trio.sleep`` or ``asyncio.sleep``): the one
+    loop serves every variant.
+    """
     seq = 0
     start = time.monotonic()
     end = start + seconds
@@ -102,7 +110,7 @@ async def trio_produce(
         if rate:
             due = start + seq / rate
             if due > now:
-                await trio.sleep(due - now)
+                await sleep(due - now)
                 now = time.monotonic()
         await broadcast(payload(seq, now))
         seq += 1
@@ -139,24 +147,4 @@ async def asyncio_control(
         deadline = time.monotonic() + WAIT_CONNECTED
         while count() < clients and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        emit(await asyncio_produce(broadcast, seconds, rate))
-
-
-async def asyncio_produce(
-    broadcast: Callable[[str], Awaitable[object]], seconds: float, rate: float
-) -> dict[str, Any]:
-    seq = 0
-    start = time.monotonic()
-    end = start + seconds
-    while True:
-        now = time.monotonic()
-        if now >= end:
-            break
-        if rate:
-            due = start + seq / rate
-            if due > now:
-                await asyncio.sleep(due - now)
-                now = time.monotonic()
-        await broadcast(payload(seq, now))
-        seq += 1
-    return {"sent": seq, "elapsed": time.monotonic() - start}
+        emit(await produce(broadcast, seconds, rate, asyncio.sleep))
