@@ -55,6 +55,25 @@ def rss() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def handle(line: bytes, count: Callable[[], int]) -> tuple[int, float, float] | str | None:
+    """One control line, the same for every variant.
+
+    ``rss`` is answered here (None: nothing more to do); ``quit`` is returned as
+    is; ``fanout N S`` / ``latency N S RATE`` become ``(clients, seconds, rate)``.
+    """
+    words = line.decode().split()
+    if not words:
+        return None
+    if words[0] == "quit":
+        return "quit"
+    if words[0] == "rss":
+        gc.collect()
+        emit({"rss": rss(), "open": count()})
+        return None
+    rate = float(words[3]) if words[0] == "latency" else 0.0
+    return int(words[1]), float(words[2]), rate
+
+
 # -- trio variants ------------------------------------------------------------------
 
 
@@ -72,17 +91,12 @@ async def trio_control(
                 return
             buf += chunk
         line, buf = buf.split(b"\n", 1)
-        words = line.decode().split()
-        if not words:
+        command = handle(line, count)
+        if command is None:
             continue
-        if words[0] == "quit":
+        if command == "quit":
             return
-        if words[0] == "rss":
-            gc.collect()
-            emit({"rss": rss(), "open": count()})
-            continue
-        clients, seconds = int(words[1]), float(words[2])
-        rate = float(words[3]) if words[0] == "latency" else 0.0
+        clients, seconds, rate = command
         with trio.move_on_after(WAIT_CONNECTED):
             while count() < clients:
                 await trio.sleep(0.05)
@@ -133,17 +147,12 @@ async def asyncio_control(
         line = await reader.readline()
         if not line:
             return
-        words = line.decode().split()
-        if not words:
+        command = handle(line, count)
+        if command is None:
             continue
-        if words[0] == "quit":
+        if command == "quit":
             return
-        if words[0] == "rss":
-            gc.collect()
-            emit({"rss": rss(), "open": count()})
-            continue
-        clients, seconds = int(words[1]), float(words[2])
-        rate = float(words[3]) if words[0] == "latency" else 0.0
+        clients, seconds, rate = command
         deadline = time.monotonic() + WAIT_CONNECTED
         while count() < clients and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
