@@ -15,7 +15,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, BytesMessage, Request, TextMessage
 
 from trio_wsmgr import Compression, _border
-from trio_wsmgr._transport import BufferedStream
+from trio_wsmgr.protocol import _frames
+from trio_wsmgr.server._transport import BufferedStream
 
 CONNECTION_ATTRIBUTES = [
     "_wsproto",
@@ -48,10 +49,10 @@ async def test_trio_websocket_still_has_what_the_border_uses() -> None:
         assert _border.handshake_host(request) == "host"
         assert _border.extension_offers(request) == []
         assert _border.pending_messages(conn) == 0
-        stream = _border.adopt_stream(conn)
+        stream = _border.adopt_stream(conn, BufferedStream, BufferedStream)
         assert isinstance(stream, BufferedStream)
         assert conn._stream is stream
-        assert _border.adopt_stream(conn) is stream  # idempotent
+        assert _border.adopt_stream(conn, BufferedStream, BufferedStream) is stream  # idempotent
         nursery.cancel_scope.cancel()
 
 
@@ -62,7 +63,9 @@ async def test_accept_with_extensions_negotiates_deflate() -> None:
 
         async def accept() -> None:
             request = await trio_websocket.wrap_server_stream(nursery, server)
-            stream = _border.adopt_stream(_border.connection_of(request))
+            stream = _border.adopt_stream(
+                _border.connection_of(request), BufferedStream, BufferedStream
+            )
             nursery.start_soon(stream.run)
             await _border.accept(
                 request, subprotocol=None, extra_headers=[], extensions=[extension]
@@ -86,7 +89,7 @@ async def test_accept_with_extensions_negotiates_deflate() -> None:
 
 
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
-@pytest.mark.parametrize("opcode", [_border.OPCODE_TEXT, _border.OPCODE_BINARY])
+@pytest.mark.parametrize("opcode", [_frames.OPCODE_TEXT, _frames.OPCODE_BINARY])
 def test_encode_frame_is_read_back_by_wsproto(size: int, opcode: int) -> None:
     payload = b"a" * size
     client = WSConnection(ConnectionType.CLIENT)
@@ -95,9 +98,9 @@ def test_encode_frame_is_read_back_by_wsproto(size: int, opcode: int) -> None:
     next(server.events())
     client.receive_data(server.send(AcceptConnection()))
     next(client.events())
-    client.receive_data(_border.encode_frame(opcode, payload))
+    client.receive_data(_frames.encode_frame(opcode, payload))
     parts = [e.data for e in client.events()]
-    kind = TextMessage if opcode == _border.OPCODE_TEXT else BytesMessage
+    kind = TextMessage if opcode == _frames.OPCODE_TEXT else BytesMessage
     assert all(isinstance(p, str | bytes | bytearray) for p in parts)
     joined = "".join(parts) if kind is TextMessage else b"".join(parts)  # type: ignore[arg-type]
     assert joined == (payload.decode() if kind is TextMessage else payload)

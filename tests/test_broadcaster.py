@@ -32,14 +32,6 @@ from trio_wsmgr import (
     WebSocketManager,
 )
 from trio_wsmgr._backoff import Backoff
-from trio_wsmgr._broadcaster import (
-    MAX_CHANNEL_NAME_LENGTH,
-    Broadcaster,
-    check_channel_name,
-    decode_wire,
-    encode_wire,
-)
-from trio_wsmgr._message import Outgoing
 from trio_wsmgr.backends import (
     Backend,
     MemoryBackend,
@@ -47,6 +39,14 @@ from trio_wsmgr.backends import (
     Receiver,
     RedisBackend,
 )
+from trio_wsmgr.broadcast._broadcaster import (
+    MAX_CHANNEL_NAME_LENGTH,
+    Broadcaster,
+    check_channel_name,
+    decode_wire,
+    encode_wire,
+)
+from trio_wsmgr.protocol._message import Outgoing
 
 WAIT = 5.0  # the longest any single network wait may take
 PREFIX = "trio_wsmgr:"

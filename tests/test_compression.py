@@ -41,7 +41,7 @@ from wsproto.extensions import PerMessageDeflate as WsprotoDeflate
 from wsproto.frame_protocol import FrameProtocol, Opcode, RsvBits
 from wsproto.utilities import RemoteProtocolError
 
-from trio_wsmgr._compression import (
+from trio_wsmgr.protocol._compression import (
     Compression,
     DeflateKey,
     DeflateParameters,

@@ -32,7 +32,6 @@ from websockets.trio.client import ClientConnection, connect
 
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from trio_wsmgr import HandshakeRequest, RequestRejected
-from trio_wsmgr._broadcaster import Broadcaster
 from trio_wsmgr._demo import Demo, run_demo
 from trio_wsmgr._demo.server import (
     ChatServer,
@@ -42,6 +41,7 @@ from trio_wsmgr._demo.server import (
     room_name,
 )
 from trio_wsmgr.backends import Backend, RedisBackend
+from trio_wsmgr.broadcast._broadcaster import Broadcaster
 from trio_wsmgr.testing import open_peer
 
 WAIT = 10.0  # real-clock ceiling for things that normally take milliseconds
@@ -156,7 +156,7 @@ async def close_code_of(ws: ClientConnection) -> int | None:
 
 
 def request(path: str = "/ws", **headers: str) -> HandshakeRequest:
-    from trio_wsmgr._auth import parse_query
+    from trio_wsmgr.server._auth import parse_query
 
     return HandshakeRequest(
         path=path,

@@ -27,8 +27,8 @@ from wsproto.events import AcceptConnection, Request, TextMessage
 from wsproto.frame_protocol import FrameProtocol
 
 from trio_wsmgr import ManagedSocket, WebSocketManager
-from trio_wsmgr._http import HttpFront, Resource, error, route
-from trio_wsmgr._transport import BufferedStream
+from trio_wsmgr._demo._http import HttpFront, Resource, error, route
+from trio_wsmgr.server._transport import BufferedStream
 
 PAGE = Resource(b"<!doctype html><title>t</title>", "text/html; charset=utf-8")
 SCRIPT = Resource(b"console.log(1)", "text/javascript; charset=utf-8")

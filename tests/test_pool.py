@@ -28,8 +28,8 @@ from hypothesis import strategies as st
 from conftest import require
 from trio_wsmgr._backoff import Backoff
 from trio_wsmgr._exceptions import PoolClosed, PoolTimeout
-from trio_wsmgr._health import HealthState, HealthTracker, PoolCore, Slot, SlotState, Waiter
-from trio_wsmgr._pool import WebSocketPool
+from trio_wsmgr.client._health import HealthState, HealthTracker, PoolCore, Slot, SlotState, Waiter
+from trio_wsmgr.client._pool import WebSocketPool
 
 # -- helpers ----------------------------------------------------------------------------------
 

@@ -24,8 +24,8 @@ from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFact
 from websockets.trio.client import connect
 
 from trio_wsmgr import Broadcaster, Compression, ManagedSocket, WebSocketManager, _border
-from trio_wsmgr._message import Outgoing
-from trio_wsmgr._transport import BufferedStream
+from trio_wsmgr.protocol._message import Outgoing
+from trio_wsmgr.server._transport import BufferedStream
 from trio_wsmgr.testing import Peer, open_client, open_peer
 
 SMALL = 4096  # SO_SNDBUF / SO_RCVBUF asked for (the kernel doubles it, with a floor)

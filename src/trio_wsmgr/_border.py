@@ -11,7 +11,7 @@ What we touch (all on ``WebSocketConnection`` / ``WebSocketRequest``):
 ``request._connection`` the connection behind a request
 ``request._event``      wsproto's ``Request`` event (host, extension offers)
 ``conn._wsproto``       to accept with extensions (``AcceptConnection``)
-``conn._stream``        to put our :class:`~._transport.BufferedStream` under
+``conn._stream``        to put our buffered stream under
                         a connection that trio-websocket's own server made
 ``conn._subprotocol``,  set as trio-websocket's own ``_accept`` sets them
 ``conn._path``,
@@ -26,15 +26,16 @@ What we touch (all on ``WebSocketConnection`` / ``WebSocketRequest``):
                         ping without waiting for the pong (heartbeats)
 =====================  ====================================================
 
-Data frames are encoded here too (:func:`encode_frame`), so that one broadcast
-is encoded once and its bytes shared by every socket.
+Both sides use it: the server (``manager.accept``, the managed socket's
+pings and closes) and the client pool (offering compression). The stream under
+a connection is only known here through :class:`FrameSink`, so this module
+imports nothing of the package above it.
 """
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Sequence
-from typing import Protocol, cast
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar, cast
 
 import trio
 import trio_websocket
@@ -44,24 +45,17 @@ from wsproto.events import AcceptConnection, CloseConnection, Ping, Request
 from wsproto.extensions import Extension
 from wsproto.utilities import LocalProtocolError
 
-from ._transport import BufferedStream
 
-OPCODE_TEXT = 0x1
-OPCODE_BINARY = 0x2
+class FrameSink(Protocol):
+    """The part of the server's buffered stream that the border writes to."""
 
-_pack_short = struct.Struct("!BBH").pack
-_pack_long = struct.Struct("!BBQ").pack
+    flush_on_close: bool
+    close_frame_sent: bool
+
+    def write_nowait(self, data: bytes) -> None: ...
 
 
-def encode_frame(opcode: int, payload: bytes, *, rsv1: bool = False) -> bytes:
-    """One complete, unmasked (server to client) frame: header + ``payload``."""
-    first = 0x80 | opcode | (0x40 if rsv1 else 0)
-    size = len(payload)
-    if size < 126:
-        return bytes((first, size)) + payload
-    if size < 65536:
-        return _pack_short(first, 126, size) + payload
-    return _pack_long(first, 127, size) + payload
+S = TypeVar("S", bound=trio.abc.Stream)
 
 
 def connection_of(request: trio_websocket.WebSocketRequest) -> trio_websocket.WebSocketConnection:
@@ -81,16 +75,19 @@ def extension_offers(request: trio_websocket.WebSocketRequest) -> list[str]:
     return [str(offer) for offer in request._event.extensions]
 
 
-def adopt_stream(conn: trio_websocket.WebSocketConnection) -> BufferedStream:
-    """Put a :class:`BufferedStream` under a connection made elsewhere; return it.
+def adopt_stream(
+    conn: trio_websocket.WebSocketConnection, wrap: Callable[[trio.abc.Stream], S], kind: type[S]
+) -> S:
+    """Put ``wrap(stream)`` under a connection made elsewhere; return it.
 
     Safe only before the handshake is answered: nothing is writing yet, and the
-    reader task picks the new stream up on its next ``receive_some``.
+    reader task picks the new stream up on its next ``receive_some``. A stream
+    already of ``kind`` is kept as it is.
     """
     current = conn._stream
-    if isinstance(current, BufferedStream):
+    if isinstance(current, kind):
         return current
-    stream = BufferedStream(current)
+    stream = wrap(current)
     conn._stream = stream
     return stream
 
@@ -131,9 +128,7 @@ async def accept(
     return conn
 
 
-def send_failure_close_nowait(
-    conn: trio_websocket.WebSocketConnection, stream: BufferedStream
-) -> None:
+def send_failure_close_nowait(conn: trio_websocket.WebSocketConnection, stream: FrameSink) -> None:
     """Tell the peer why, when trio-websocket drops a connection over a protocol error.
 
     When wsproto finds a bad frame (invalid UTF-8 -> 1007, protocol error -> 1002,
@@ -161,7 +156,7 @@ class PongWaiter(Protocol):
 
 def ping_nowait(
     conn: trio_websocket.WebSocketConnection,
-    stream: BufferedStream,
+    stream: FrameSink,
     payload: bytes,
     waiter: PongWaiter,
 ) -> bool:
@@ -188,7 +183,7 @@ def ping_nowait(
 
 
 def send_close_nowait(
-    conn: trio_websocket.WebSocketConnection, stream: BufferedStream, code: int, reason: str
+    conn: trio_websocket.WebSocketConnection, stream: FrameSink, code: int, reason: str
 ) -> None:
     """Write a close frame without waiting (best effort), for an abort."""
     if conn._wsproto.state is not ConnectionState.OPEN:
@@ -256,7 +251,7 @@ async def wrap_client_stream(
 
 async def wrap_server_stream(
     nursery: trio.Nursery,
-    stream: BufferedStream,
+    stream: trio.abc.Stream,
     *,
     message_queue_size: int,
     max_message_size: int,
@@ -282,11 +277,10 @@ async def wrap_server_stream(
 
 
 async def _read_then_close(
-    conn: trio_websocket.WebSocketConnection, stream: BufferedStream
+    conn: trio_websocket.WebSocketConnection, stream: trio.abc.Stream
 ) -> None:
     try:
         await conn._reader_task()
     finally:
-        if not stream.closed:
-            with trio.CancelScope(shield=True):
-                await stream.aclose()
+        with trio.CancelScope(shield=True):
+            await stream.aclose()  # idempotent, as every trio stream's aclose

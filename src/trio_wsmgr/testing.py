@@ -49,9 +49,9 @@ from wsproto.events import (
     TextMessage,
 )
 
-from ._manager import WebSocketManager
-from ._socket import ManagedSocket
 from ._util import unwrap_single_group
+from .server._manager import WebSocketManager
+from .server._socket import ManagedSocket
 
 __all__ = ["Peer", "open_client", "open_peer", "stream_pair"]
 

@@ -35,13 +35,13 @@ from urllib.parse import urlsplit
 import attrs
 import trio
 
-from .._auth import HandshakeRequest
-from .._broadcaster import Broadcaster
 from .._exceptions import BackendUnavailable, ConnectionClosed, RequestRejected
-from .._http import HttpFront, Resource
-from .._manager import Server, WebSocketManager
-from .._socket import ManagedSocket
 from ..backends import Backend
+from ..broadcast._broadcaster import Broadcaster
+from ..server._auth import HandshakeRequest
+from ..server._manager import Server, WebSocketManager
+from ..server._socket import ManagedSocket
+from ._http import HttpFront, Resource
 
 DEFAULT_ROOMS: Final = ("lobby", "random", "trio")
 MAX_TEXT: Final = 500

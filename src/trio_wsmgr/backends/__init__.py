@@ -9,12 +9,12 @@ the ``redis`` extra (coredis), imported only when a RedisBackend is used.
 
 from __future__ import annotations
 
-from ._base import Backend as Backend
-from ._base import BackendStatistics as BackendStatistics
-from ._base import Receiver as Receiver
-from ._memory import MemoryBackend as MemoryBackend
-from ._memory import MemoryHub as MemoryHub
-from ._redis import RedisBackend as RedisBackend
+from ..broadcast._backend import Backend as Backend
+from ..broadcast._backend import BackendStatistics as BackendStatistics
+from ..broadcast._backend import Receiver as Receiver
+from ..broadcast._memory import MemoryBackend as MemoryBackend
+from ..broadcast._memory import MemoryHub as MemoryHub
+from ..broadcast._redis import RedisBackend as RedisBackend
 
 __all__ = [
     "Backend",

@@ -29,8 +29,8 @@ import attrs
 import trio
 import trio_websocket
 
-from ._backoff import Backoff
-from ._exceptions import PoolClosed
+from .._backoff import Backoff
+from .._exceptions import PoolClosed
 
 Connection = trio_websocket.WebSocketConnection
 

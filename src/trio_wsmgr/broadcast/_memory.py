@@ -16,7 +16,7 @@ import attrs
 import trio
 
 from .._exceptions import BackendUnavailable
-from ._base import Backend, BackendStatistics, Receiver
+from ._backend import Backend, BackendStatistics, Receiver
 
 
 @attrs.define(eq=False)

@@ -31,11 +31,12 @@ import attrs
 import trio
 import trio_websocket
 
-from . import _border
-from ._backoff import Backoff
-from ._compression import Compression, PerMessageDeflate
-from ._config import CloseCode
-from ._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
+from .. import _border
+from .._backoff import Backoff
+from .._config import CloseCode
+from .._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
+from .._validators import count, instance_of, seconds
+from ..protocol._compression import Compression, PerMessageDeflate
 from ._health import (
     Connection,
     HealthStatus,
@@ -46,7 +47,6 @@ from ._health import (
     SlotState,
     Waiter,
 )
-from ._validators import count, instance_of, seconds
 
 #: the errors that mean "this connection is broken" when they leave ``async with acquire()``
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (

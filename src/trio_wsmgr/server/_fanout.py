@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import trio
 
-from ._config import CloseCode
-from ._exceptions import ConnectionClosed
-from ._message import Outgoing
+from .._config import CloseCode
+from .._exceptions import ConnectionClosed
+from ..protocol._message import Outgoing
 
 if TYPE_CHECKING:
     from ._manager import WebSocketManager

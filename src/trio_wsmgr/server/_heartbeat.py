@@ -8,8 +8,8 @@ from typing import TYPE_CHECKING
 
 import trio
 
-from . import _border
-from ._config import CloseCode
+from .. import _border
+from .._config import CloseCode
 
 if TYPE_CHECKING:
     from ._socket import ManagedSocket

@@ -13,9 +13,9 @@ from typing import Any, Protocol, cast
 
 from wsproto.frame_protocol import FrameProtocol, Opcode, RsvBits
 
-from ._border import OPCODE_BINARY, OPCODE_TEXT, encode_frame
+from .._exceptions import MessageEncodingError
 from ._compression import PerMessageDeflate, deflate_once
-from ._exceptions import MessageEncodingError
+from ._frames import OPCODE_BINARY, OPCODE_TEXT, encode_frame
 
 
 class FrameCompressor(Protocol):

@@ -13,10 +13,10 @@ import attrs
 import trio
 import trio_websocket
 
-from . import _border
-from ._config import CloseCode
-from ._exceptions import ConnectionClosed
-from ._message import FrameCompressor, Outgoing
+from .. import _border
+from .._config import CloseCode
+from .._exceptions import ConnectionClosed
+from ..protocol._message import FrameCompressor, Outgoing
 from ._transport import BufferedStream
 
 if TYPE_CHECKING:

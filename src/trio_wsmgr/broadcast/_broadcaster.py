@@ -34,16 +34,16 @@ from typing import Any, Final
 import attrs
 import trio
 
-from ._border import OPCODE_BINARY, OPCODE_TEXT
-from ._exceptions import BackendUnavailable, InvalidChannelName
-from ._fanout import ON_FULL_CHOICES, OnFull, check_on_full, deliver, deliver_nowait
-from ._manager import WebSocketManager
-from ._message import Outgoing
-from ._socket import ManagedSocket
-from ._util import unwrap_single_group
-from ._validators import count, instance_of
-from .backends._base import Backend, BackendStatistics
-from .backends._memory import MemoryBackend
+from .._exceptions import BackendUnavailable, InvalidChannelName
+from .._util import unwrap_single_group
+from .._validators import count, instance_of
+from ..protocol._frames import OPCODE_BINARY, OPCODE_TEXT
+from ..protocol._message import Outgoing
+from ..server._fanout import ON_FULL_CHOICES, OnFull, check_on_full, deliver, deliver_nowait
+from ..server._manager import WebSocketManager
+from ..server._socket import ManagedSocket
+from ._backend import Backend, BackendStatistics
+from ._memory import MemoryBackend
 
 #: the longest channel name accepted
 MAX_CHANNEL_NAME_LENGTH: Final = 200

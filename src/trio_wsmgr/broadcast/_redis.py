@@ -36,7 +36,7 @@ import trio
 from .._backoff import Backoff
 from .._exceptions import BackendUnavailable
 from .._validators import seconds
-from ._base import Backend, BackendStatistics, Receiver
+from ._backend import Backend, BackendStatistics, Receiver
 
 if TYPE_CHECKING:
     import coredis

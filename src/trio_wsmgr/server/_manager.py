@@ -14,18 +14,18 @@ import attrs
 import trio
 import trio_websocket
 
-from . import _border
+from .. import _border
+from .._config import CloseCode
+from .._exceptions import ConnectionClosed, RequestRejected
+from .._validators import instance_of, limit, optional_callable, seconds
+from ..protocol._compression import Compression
+from ..protocol._message import DeflateCompressor, Outgoing
 from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
-from ._compression import Compression
-from ._config import CloseCode
-from ._exceptions import ConnectionClosed, RequestRejected
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
 from ._heartbeat import HeartbeatHost
-from ._message import DeflateCompressor, Outgoing
 from ._registry import Registry
 from ._socket import ManagedSocket
 from ._transport import BufferedStream
-from ._validators import instance_of, limit, optional_callable, seconds
 
 logger = logging.getLogger("trio_wsmgr")
 
@@ -380,7 +380,7 @@ class WebSocketManager:
         """
         conn = _border.connection_of(request)
         _border.set_max_message_size(conn, int(self.max_message_size))
-        buffered = _border.adopt_stream(conn)
+        buffered = _border.adopt_stream(conn, BufferedStream, BufferedStream)
         heartbeat = HeartbeatHost()
         with self._connection_scope() as scope, _unwrap_single_group():
             async with _background_nursery(heartbeat) as nursery:

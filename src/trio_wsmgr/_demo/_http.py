@@ -32,8 +32,8 @@ import attrs
 import h11
 import trio
 
-from ._manager import Handler, Server, WebSocketManager
-from ._validators import count, seconds
+from .._validators import count, seconds
+from ..server._manager import Handler, Server, WebSocketManager
 
 logger = logging.getLogger("trio_wsmgr.http")
 
