@@ -23,6 +23,7 @@ from ..protocol._message import DeflateCompressor, Outgoing
 from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
 from ._heartbeat import HeartbeatHost
+from ._listen import open_listeners
 from ._registry import Registry
 from ._socket import ManagedSocket
 from ._transport import BufferedStream
@@ -231,6 +232,7 @@ class WebSocketManager:
         port: int,
         *,
         ssl_context: Any = None,
+        reuse_port: bool = False,
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
         """Listen on ``host:port`` and run ``handler(sock)`` for every accepted socket.
@@ -238,10 +240,13 @@ class WebSocketManager:
         Use with ``server = await nursery.start(manager.serve, handler, host, port)``.
         Returns after :meth:`close` once every connection has ended; cancelling
         it closes every connection with 1001 (bounded by ``close_timeout``).
+        ``reuse_port=True`` sets SO_REUSEPORT, so several processes (each
+        with ``reuse_port=True``) can serve one port; :class:`OSError` where
+        the platform lacks it.
         """
         if self._closing:
             raise RuntimeError("this manager is closed")
-        listeners = await trio.open_tcp_listeners(port, host=host)
+        listeners = await open_listeners(port, host=host, reuse_port=reuse_port)
         served: list[trio.abc.Listener[Any]] = list(listeners)
         if ssl_context is not None:
             served = [trio.SSLListener(ln, ssl_context, https_compatible=True) for ln in listeners]
