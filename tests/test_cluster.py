@@ -1,0 +1,258 @@
+"""Redis Cluster, tested as it fails in production: a real six-process cluster.
+
+Two nodes (a WebSocketManager and a Broadcaster on ``RedisBackend(..., cluster=True)``
+each), one real ``websockets`` client per node subscribed to ~30 channels spread over
+the three shards, and exact per-channel delivery checks: what arrives arrives once
+and in order, and after each fault every channel delivers again.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import pytest
+import trio
+from websockets.trio.client import ClientConnection, connect
+
+from redis_cluster import RedisCluster
+from trio_wsmgr import (
+    BackendUnavailable,
+    Broadcaster,
+    ManagedSocket,
+    RedisBackend,
+    WebSocketManager,
+)
+from trio_wsmgr._backoff import Backoff
+
+pytestmark = pytest.mark.redis_cluster
+
+PREFIX = "trio_wsmgr:"
+WAIT = 10.0
+CHANNELS = [f"room:{i}" for i in range(30)]
+
+
+def cluster_backend(cluster: RedisCluster, **options: Any) -> RedisBackend:
+    options.setdefault("connect_timeout", 2.0)
+    options.setdefault("command_timeout", 1.0)
+    options.setdefault("backoff", Backoff(initial=0.05, maximum=0.5))
+    return RedisBackend(cluster.url, cluster=True, **options)
+
+
+@attrs.define(eq=False)
+class Node:
+    name: str
+    manager: WebSocketManager
+    broadcaster: Broadcaster
+    port: int = 0
+
+    async def handler(self, sock: ManagedSocket) -> None:
+        for channel in parse_qs(urlsplit(sock.path).query).get("ch", []):
+            await self.broadcaster.subscribe(sock, channel)
+        await sock.send("ready")
+        async for _ in sock:
+            pass
+
+
+@asynccontextmanager
+async def running_node(name: str, backend: RedisBackend) -> AsyncIterator[Node]:
+    manager = WebSocketManager(close_timeout=1.0, heartbeat_interval=math.inf)
+    node = Node(name, manager, Broadcaster(backend=backend))
+    async with node.broadcaster, trio.open_nursery() as nursery:
+        server = await nursery.start(manager.serve, node.handler, "127.0.0.1", 0)
+        node.port = server.port
+        try:
+            yield node
+        finally:
+            with trio.CancelScope(shield=True):
+                await manager.close()
+            nursery.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def subscriber(node: Node, channels: list[str]) -> AsyncIterator[ClientConnection]:
+    query = "&".join(f"ch={channel}" for channel in channels)
+    async with connect(f"ws://127.0.0.1:{node.port}/?{query}", open_timeout=WAIT) as ws:
+        with trio.fail_after(WAIT):
+            assert await ws.recv() == "ready"
+        yield ws
+
+
+@attrs.define(eq=False)
+class Traffic:
+    """Every node publishes message ``seq`` on every channel, round after round; every
+    node's client records what arrives, and when.
+
+    A message is ``"<publisher>|<channel>|<seq>"``. ``sent`` holds the sequence numbers
+    whose ``broadcast`` returned (published), ``failed`` those that raised
+    ``BackendUnavailable`` (served locally only).
+    """
+
+    nodes: list[Node]
+    channels: list[str]
+    interval: float = 0.1
+    seq: int = 0
+    sent: dict[tuple[str, str], list[int]] = attrs.field(factory=lambda: defaultdict(list))
+    failed: dict[tuple[str, str], list[int]] = attrs.field(factory=lambda: defaultdict(list))
+    #: receiver -> (publisher, channel) -> [(seq, arrival time)]
+    got: dict[str, dict[tuple[str, str], list[tuple[int, float]]]] = attrs.field(
+        factory=lambda: defaultdict(lambda: defaultdict(list))
+    )
+    running: bool = True
+
+    async def read(self, receiver: str, ws: ClientConnection) -> None:
+        async for message in ws:
+            publisher, channel, number = str(message).split("|")
+            self.got[receiver][publisher, channel].append((int(number), trio.current_time()))
+
+    async def produce(self) -> None:
+        """One round per ``interval``: each node publishes once on each channel."""
+        while self.running:
+            seq, self.seq = self.seq, self.seq + 1
+            for node in self.nodes:
+                for channel in self.channels:
+                    key = (node.name, channel)
+                    try:
+                        await node.broadcaster.broadcast(channel, f"{node.name}|{channel}|{seq}")
+                    except BackendUnavailable:
+                        self.failed[key].append(seq)
+                    else:
+                        self.sent[key].append(seq)
+            await trio.sleep(self.interval)
+
+    def cross(self) -> list[tuple[str, str, str]]:
+        """(receiver, publisher, channel) for every cross-node path."""
+        return [
+            (r.name, p.name, c)
+            for r in self.nodes
+            for p in self.nodes
+            if r is not p
+            for c in self.channels
+        ]
+
+    def flowing_since(self, since: float, channels: list[str] | None = None) -> bool:
+        """Every cross-node path (of ``channels``) delivered a message after ``since``."""
+        for receiver, publisher, channel in self.cross():
+            if channels is not None and channel not in channels:
+                continue
+            got = self.got[receiver][publisher, channel]
+            if not got or got[-1][1] < since:
+                return False
+        return True
+
+    async def wait_flowing(self, since: float, timeout: float = WAIT) -> float:
+        """Wait until every cross-node path delivers again; return when that happened."""
+        with trio.fail_after(timeout):
+            while not self.flowing_since(since):
+                await trio.sleep(0.01)
+        return trio.current_time()
+
+    def first_arrival_after(self, since: float, channels: list[str]) -> float:
+        """When the slowest path of ``channels`` delivered its first message after ``since``."""
+        latest = since
+        for receiver, publisher, channel in self.cross():
+            if channel in channels:
+                times = [t for _, t in self.got[receiver][publisher, channel] if t >= since]
+                latest = max(latest, min(times))
+        return latest
+
+    async def stop_and_drain(self, timeout: float = WAIT) -> None:
+        """Stop publishing, then wait until the last message of every path has arrived."""
+        self.running = False
+        with trio.fail_after(timeout):
+            while not all(
+                self.got[r][p, c] and self.got[r][p, c][-1][0] == self.sent[p, c][-1]
+                for r, p, c in self.cross()
+            ):
+                await trio.sleep(0.01)
+
+    def lost(self) -> dict[tuple[str, str, str], list[int]]:
+        """Published (broadcast returned) but never received, per cross-node path."""
+        lost = {}
+        for receiver, publisher, channel in self.cross():
+            received = {seq for seq, _ in self.got[receiver][publisher, channel]}
+            missing = sorted(set(self.sent[publisher, channel]) - received)
+            if missing:
+                lost[receiver, publisher, channel] = missing
+        return lost
+
+    def check_exact(self, *, lost_only_within: tuple[int, int] | None = None) -> None:
+        """At most once and in order everywhere; local delivery complete; cross-node loss
+        only inside the fault window of sequence numbers (none without a fault)."""
+        for receiver in self.nodes:
+            for publisher in self.nodes:
+                for channel in self.channels:
+                    key = (publisher.name, channel)
+                    numbers = [seq for seq, _ in self.got[receiver.name][key]]
+                    assert numbers == sorted(set(numbers)), (
+                        f"duplicate/reordered {receiver.name} {key}"
+                    )
+                    attempted = sorted(self.sent[key] + self.failed[key])
+                    if receiver is publisher:
+                        assert numbers == attempted, f"local delivery incomplete on {key}"
+                    else:
+                        assert set(numbers) <= set(attempted), f"phantom messages on {key}"
+        for path, missing in self.lost().items():
+            assert lost_only_within is not None, f"{path} lost {missing} without a fault"
+            low, high = lost_only_within
+            assert low <= missing[0], f"{path} lost {missing}, before the fault"
+            assert missing[-1] <= high, f"{path} lost {missing}, after the recovery"
+
+
+@asynccontextmanager
+async def traffic_between(
+    cluster: RedisCluster, channels: list[str] = CHANNELS, **options: Any
+) -> AsyncIterator[Traffic]:
+    """Two nodes, a client on each subscribed to ``channels``, traffic flowing both ways."""
+    async with (
+        running_node("a", cluster_backend(cluster, **options)) as a,
+        running_node("b", cluster_backend(cluster, **options)) as b,
+        subscriber(a, channels) as wa,
+        subscriber(b, channels) as wb,
+        trio.open_nursery() as nursery,
+    ):
+        traffic = Traffic([a, b], channels)
+        nursery.start_soon(traffic.read, "a", wa)
+        nursery.start_soon(traffic.read, "b", wb)
+        nursery.start_soon(traffic.produce)
+        yield traffic
+        nursery.cancel_scope.cancel()
+
+
+def shards_of(cluster: RedisCluster, channels: list[str]) -> dict[int, list[str]]:
+    """master port -> the channels it owns."""
+    owners: dict[int, list[str]] = defaultdict(list)
+    for channel in channels:
+        owners[cluster.owner(PREFIX + channel).port].append(channel)
+    return owners
+
+
+# -- the fixture itself -------------------------------------------------------------------
+
+
+def test_the_cluster_fixture_is_three_healthy_shards_over_all_the_channels(
+    redis_cluster: RedisCluster,
+) -> None:
+    assert redis_cluster.healthy()
+    assert len(redis_cluster.masters()) == 3
+    owners = shards_of(redis_cluster, CHANNELS)
+    assert len(owners) == 3, "the test channels cover every shard"
+    assert all(len(channels) >= 5 for channels in owners.values())
+
+
+# -- delivery on a healthy cluster -----------------------------------------------------------
+
+
+async def test_every_channel_of_every_shard_delivers_across_nodes_exactly_once(
+    redis_cluster: RedisCluster,
+) -> None:
+    async with traffic_between(redis_cluster) as traffic:
+        await traffic.wait_flowing(since=trio.current_time())
+        await traffic.stop_and_drain()
+    traffic.check_exact()
+    assert not any(traffic.failed.values()), "nothing failed on a healthy cluster"
