@@ -455,18 +455,78 @@ async def test_a_cancelled_subscribe_still_takes_effect() -> None:
         assert await recv(x) == "hi"
 
 
-async def test_a_cancelled_broadcast_has_already_served_local_subscribers() -> None:
+async def test_a_broadcast_cancelled_while_publishing_completes_and_counts() -> None:
     backend = LoopbackBackend(gate=trio.Event())
     async with running_node(backend) as a, client(a, "x") as x:
         backend.gate.set()
         await a.broadcaster.subscribe(a.sockets["x"], "lobby")
-        backend.gate = trio.Event()  # publications hang now
-        with trio.move_on_after(0.05) as waiting:
-            await a.broadcaster.broadcast("lobby", "local first")
-        assert waiting.cancelled_caught
-        assert await recv(x) == "local first"
-        assert backend.sent == []
+        backend.gate = trio.Event()  # publications hang until the gate opens
+        results: list[int] = []
+        async with trio.open_nursery() as nursery:
+            scope = trio.CancelScope()
+
+            async def broadcast() -> None:
+                with scope:
+                    results.append(await a.broadcaster.broadcast("lobby", "all or nothing"))
+
+            nursery.start_soon(broadcast)
+            await trio.testing.wait_all_tasks_blocked()  # the publication is in flight
+            scope.cancel()
+            await trio.testing.wait_all_tasks_blocked()
+            assert results == []  # still publishing: a cancel does not cut it in half
+            backend.gate.set()
+        assert results == [1]  # it happened, so it returned (with its count)
+        assert [topic for topic, _ in backend.sent] == ["lobby"]
+        assert await recv(x) == "all or nothing"
         assert a.broadcaster.statistics().local_deliveries == 1
+
+
+async def test_a_broadcast_cancelled_before_it_starts_sends_nothing() -> None:
+    hub = MemoryHub()
+    async with running_node(MemoryBackend(hub=hub)) as a, client(a, "x", "lobby") as x:
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await a.broadcaster.broadcast("lobby", "never")
+        assert scope.cancelled_caught
+        stats = a.broadcaster.statistics()
+        assert (hub.published, stats.local_deliveries, stats.published) == (0, 0, 0)
+        assert await a.broadcaster.broadcast("lobby", "next") == 1
+        assert await recv(x) == "next"  # "never" was not queued before it
+
+
+async def test_memory_backend_calls_are_cancel_atomic() -> None:
+    hub = MemoryHub()
+    backend = MemoryBackend(hub=hub)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(backend.run, lambda topic, data: None)
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await backend.subscribe(["lobby"])
+        assert scope.cancelled_caught
+        assert hub.topics() == []  # a Cancelled subscribe did not subscribe
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await backend.publish("lobby", b"never")
+        assert scope.cancelled_caught
+        assert (hub.published, backend.statistics().published) == (0, 0)
+        await backend.subscribe(["lobby"])
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await backend.unsubscribe(["lobby"])
+        assert hub.topics() == ["lobby"]  # nor did a Cancelled unsubscribe unsubscribe
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_channel_object_is_accepted_wherever_a_name_is() -> None:
+    async with running_node(MemoryBackend()) as a, client(a, "x") as x:
+        lobby = a.broadcaster.create_channel("lobby")
+        sock = a.sockets["x"]
+        await a.broadcaster.subscribe(sock, lobby)
+        assert sock in lobby
+        assert await a.broadcaster.broadcast(lobby, "by channel") == 1
+        assert await recv(x) == "by channel"
+        await a.broadcaster.unsubscribe(sock, lobby)
+        assert lobby.subscriber_count == 0
 
 
 # -- contract: the same cases on both engines ---------------------------------------------

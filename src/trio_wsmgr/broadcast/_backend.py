@@ -16,7 +16,9 @@ nothing about sockets, channels or the wire format; the
 ``publish(topic, data)``
     Hand one message to the engine, once (never once per subscriber). Raise
     :class:`~trio_wsmgr.BackendUnavailable` (``delivered=0``) when the engine
-    cannot be reached; the Broadcaster adds the local count.
+    cannot be reached; the Broadcaster adds the local count. It must end in
+    bounded time (a command timeout): the Broadcaster shields it from
+    cancellation, so that a broadcast either happens or does not.
 ``subscribe(topics)`` / ``unsubscribe(topics)``
     Start / stop receiving these topics. The backend remembers the set and
     restores it after every reconnect. While connected, return once the engine

@@ -79,6 +79,13 @@ def check_channel_name(name: object) -> str:
     return name
 
 
+def _channel_name(channel: object) -> str:
+    """The name of ``channel``: a :class:`Channel` or a channel name (checked)."""
+    if isinstance(channel, Channel):
+        return channel.name
+    return check_channel_name(channel)
+
+
 # -- the wire format (sync, no I/O) ------------------------------------------------------
 
 
@@ -329,7 +336,7 @@ class Broadcaster:
 
     # -- subscriptions -------------------------------------------------------------------
 
-    async def subscribe(self, sock: ManagedSocket, channel: str) -> None:
+    async def subscribe(self, sock: ManagedSocket, channel: str | Channel) -> None:
         """Add ``sock`` to ``channel`` (created if needed); idempotent.
 
         Returns once the node receives the channel from other nodes (the backend
@@ -338,7 +345,7 @@ class Broadcaster:
         when it closes.
         """
         self._check_running()
-        name = check_channel_name(channel)
+        name = _channel_name(channel)
         if not isinstance(sock, ManagedSocket):
             raise TypeError(f"subscribe() takes a ManagedSocket, not {sock!r}")
         members = self._members.setdefault(name, {})
@@ -353,10 +360,10 @@ class Broadcaster:
                 self._request_sync()
         await self._wait_synced(self._requested)
 
-    async def unsubscribe(self, sock: ManagedSocket, channel: str) -> None:
+    async def unsubscribe(self, sock: ManagedSocket, channel: str | Channel) -> None:
         """Remove ``sock`` from ``channel``; nothing happens if it was not subscribed."""
         self._check_running()
-        name = check_channel_name(channel)
+        name = _channel_name(channel)
         self._remove(sock, name)
         names = self._memberships.get(sock.id)
         if names is not None and not names:
@@ -383,7 +390,7 @@ class Broadcaster:
 
     async def broadcast(
         self,
-        channel: str,
+        channel: str | Channel,
         message: Any,
         *,
         exclude: ManagedSocket | Collection[ManagedSocket] | None = None,
@@ -403,13 +410,19 @@ class Broadcaster:
         ``filter(sock)``: a predicate on local sockets; it cannot run on other
         nodes, so it needs ``local_only=True``. ``local_only``: do not publish.
 
-        Raises :class:`~trio_wsmgr.MessageEncodingError` before sending anything if
-        the message cannot be encoded, and :class:`~trio_wsmgr.BackendUnavailable`
+        ``channel`` is a name or a :class:`Channel`. Raises
+        :class:`~trio_wsmgr.MessageEncodingError` before sending anything if the
+        message cannot be encoded, and :class:`~trio_wsmgr.BackendUnavailable`
         (``.delivered`` = the local count) *after* local delivery if other nodes
         could not be reached.
+
+        Cancellation: a call that raises ``Cancelled`` sent nothing; one that
+        got past its first checkpoint finishes (the backend's publication, then
+        the wait for full local buffers, at most ``slow_consumer_timeout``) and
+        returns its count, even if cancelled meanwhile.
         """
         self._check_running()
-        name = check_channel_name(channel)
+        name = _channel_name(channel)
         if filter is not None and not local_only:
             raise ValueError(
                 "filter runs on this node only: pass local_only=True, "
@@ -417,6 +430,7 @@ class Broadcaster:
             )
         check_on_full(on_full)
         outgoing = Outgoing(message)
+        await trio.lowlevel.checkpoint_if_cancelled()
         skip = _ids(exclude)
         sockets = [
             sock
@@ -448,6 +462,7 @@ class Broadcaster:
             raise ValueError("user_id must be at most 65535 bytes in UTF-8")
         check_on_full(on_full)
         outgoing = Outgoing(message)
+        await trio.lowlevel.checkpoint_if_cancelled()
         skip = _ids(exclude)
         sockets = [s for s in self._user_sockets(user_id) if s.id not in skip]
         topic = None if local_only else self._user_topic(user_id)
@@ -464,20 +479,25 @@ class Broadcaster:
         self._counts["broadcasts"] += 1
         # Sockets with room get the message now; the full ones wait (per on_full)
         # after the publication, so a slow local consumer never delays other nodes.
+        # The caller passed checkpoint_if_cancelled(): from here on the broadcast
+        # happens. What follows is shielded and bounded (the backend's command
+        # timeout, then slow_consumer_timeout), so a cancellation cannot cut it
+        # in half and lose the count.
         queued, full = deliver_nowait(sockets, outgoing, on_full)
         failure: BackendUnavailable | None = None
         try:
-            if topic is not None:
-                data = encode_wire(self._node, outgoing, on_full, user_id)
-                try:
-                    await self.backend.publish(topic, data)
-                    self._counts["published"] += 1
-                except BackendUnavailable as exc:
-                    failure = exc
-            if full:
-                queued += await deliver(full, outgoing, on_full)
-            elif topic is None:
-                await trio.lowlevel.checkpoint()
+            with trio.CancelScope(shield=True):
+                if topic is not None:
+                    data = encode_wire(self._node, outgoing, on_full, user_id)
+                    try:
+                        await self.backend.publish(topic, data)
+                        self._counts["published"] += 1
+                    except BackendUnavailable as exc:
+                        failure = exc
+                if full:
+                    queued += await deliver(full, outgoing, on_full)
+            if topic is None and not full:
+                await trio.lowlevel.cancel_shielded_checkpoint()
         finally:
             self._counts["local_deliveries"] += queued
         if failure is not None:

@@ -96,25 +96,32 @@ class MemoryBackend(Backend):
             self.hub._leave(self, self._topics)
             self._receive = None
 
+    # Cancel atomicity as in trio's memory channels: a call that raises Cancelled
+    # did nothing, one that returns did everything (checkpoint_if_cancelled, the
+    # synchronous work, then cancel_shielded_checkpoint).
+
     async def publish(self, topic: str, data: bytes) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
         try:
             self.hub._publish(topic, data)
         except BackendUnavailable:
             self._counts["publish_failures"] += 1
             raise
         self._counts["published"] += 1
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def subscribe(self, topics: Collection[str]) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._topics.update(topics)
         if self._receive is not None:
             self.hub._join(self, topics)
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     async def unsubscribe(self, topics: Collection[str]) -> None:
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._topics.difference_update(topics)
         self.hub._leave(self, topics)
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def statistics(self) -> BackendStatistics:
         return BackendStatistics(
