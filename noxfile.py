@@ -18,7 +18,7 @@ def _group(name: str) -> list[str]:
 @nox.session
 def tests(session: nox.Session) -> None:
     """The test suite (browser and redis tests included; they skip loudly when absent)."""
-    session.install("-e", ".[redis]", *_group("tests"))
+    session.install("-e", ".[redis,metrics]", *_group("tests"))
     session.run("pytest", *session.posargs)
 
 
@@ -33,21 +33,21 @@ def lint(session: nox.Session) -> None:
 @nox.session
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    session.install("-e", ".[redis]", *_group("typing"))
+    session.install("-e", ".[redis,metrics]", *_group("typing"))
     session.run("mypy", "--strict", "src/trio_wsmgr")
 
 
 @nox.session
 def docs(session: nox.Session) -> None:
     """Build the Sphinx docs with warnings as errors."""
-    session.install("-e", ".[redis]", *_group("docs"))
+    session.install("-e", ".[redis,metrics]", *_group("docs"))
     session.run("sphinx-build", "-W", "--keep-going", "-b", "html", "docs", "docs/_build/html")
 
 
 @nox.session
 def e2e(session: nox.Session) -> None:
     """Only the browser tests (headless Chromium)."""
-    session.install("-e", ".[redis]", *_group("tests"))
+    session.install("-e", ".[redis,metrics]", *_group("tests"))
     session.run("pytest", "-m", "browser", *session.posargs)
 
 

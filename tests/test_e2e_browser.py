@@ -42,7 +42,12 @@ TIMEOUT_MS = 10_000
 def browser(profile: Path) -> Iterator[Any]:
     """A fresh Chromium profile (``--user-data-dir``) under Playwright's sync API."""
     require(os.path.exists(CHROMIUM), "no Chromium at /usr/bin/chromium: apt install chromium")
-    sync_api = pytest.importorskip("playwright.sync_api")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    require(sync_api is not None, "playwright is not installed (it is in the tests group)")
+    assert sync_api is not None
     with sync_api.sync_playwright() as playwright:
         context = playwright.chromium.launch_persistent_context(
             str(profile),

@@ -57,10 +57,23 @@ async def test_redis_killed_and_restarted_under_steady_broadcast_load(
 
         return handler
 
+    progress = trio.Event()  # set (and replaced) whenever a list above grows
+
+    def note() -> None:
+        nonlocal progress
+        progress.set()
+        progress = trio.Event()
+
+    async def until(condition: Any, timeout: float) -> None:
+        with trio.fail_after(timeout):
+            while not condition():
+                await progress.wait()
+
     async def reader(ws: Any, name: str) -> None:
         with contextlib.suppress(Exception):
             async for message in ws:
                 received[name].append(int(message))
+                note()
 
     async with ba, bb, trio.open_nursery() as nursery:
         sa = await nursery.start(ma.serve, subscriber(ba), "127.0.0.1", 0)
@@ -79,8 +92,10 @@ async def test_redis_killed_and_restarted_under_steady_broadcast_load(
             nursery.start_soon(reader, ca, "a")
             nursery.start_soon(reader, cb, "b")
             stop = trio.Event()
+            stopped = trio.Event()
 
             async def producer() -> None:
+                # Paced by the local subscriber: the next message once it has the last.
                 nonlocal sent
                 while not stop.is_set():
                     try:
@@ -89,22 +104,21 @@ async def test_redis_killed_and_restarted_under_steady_broadcast_load(
                         failed.append(sent)
                         delivered_locally.append(exc.delivered)
                     sent += 1
-                    await trio.sleep(0.005)
+                    note()
+                    await until(lambda: len(received["a"]) >= sent, 10)  # noqa: B023
+                stopped.set()
 
             nursery.start_soon(producer)
-            with trio.fail_after(10):  # cross-node delivery is up before the fault
-                while not received["b"]:
-                    await trio.sleep(0.01)
-            await trio.sleep(0.3)
+            await until(lambda: received["b"], 10)  # cross-node delivery is up before the fault
             redis_server.kill()
-            await trio.sleep(1.0)
+            await until(lambda: failed, 10)  # the publisher noticed the outage
             await redis_server.astart()
-            with trio.fail_after(20):  # ...and comes back by itself, without help
-                while not received["b"] or received["b"][-1] < (failed[-1] if failed else 0):
-                    await trio.sleep(0.05)
-            await trio.sleep(0.5)
+            # ...and it comes back by itself: a message published after the last failure
+            # reached the other node.
+            await until(lambda: received["b"] and received["b"][-1] > failed[-1], 20)
             stop.set()
-            await trio.sleep(0.3)  # the last messages arrive
+            await stopped.wait()
+            await until(lambda: received["b"][-1] == sent - 1, 10)  # the last one arrives
         await ma.close()
         await mb.close()
         nursery.cancel_scope.cancel()

@@ -682,7 +682,12 @@ async def test_accept_manages_sockets_from_a_trio_websocket_server() -> None:
         ({"connection_timeout": None}, TypeError, "connection_timeout"),
         ({"authentication": "nope"}, TypeError, "authentication"),
         ({"compression": True}, TypeError, "compression"),
-        ({"protocols": "chat"}, TypeError, "list of strings"),
+        ({"protocols": "chat"}, TypeError, "protocols must be a list of strings"),
+        ({"protocols": ["chat", ""]}, TypeError, "protocols"),
+        ({"allowed_origins": "https://a.example"}, TypeError, "allowed_origins"),
+        ({"allowed_origins": [b"https://a.example"]}, TypeError, "allowed_origins"),
+        ({"max_messages_per_second": 0}, ValueError, "max_messages_per_second must be > 0"),
+        ({"receive_buffer_size": math.inf}, TypeError, "receive_buffer_size"),
         ({"slow_consumer_timeout": 0}, ValueError, "slow_consumer_timeout"),
     ],
 )
@@ -693,8 +698,34 @@ def test_bad_options_raise_errors_naming_the_option(
         WebSocketManager(**options)
 
 
-def test_infinite_limits_mean_never() -> None:
+def test_rate_errors_do_not_speak_of_seconds() -> None:
+    with pytest.raises(ValueError, match="max_messages_per_second") as info:
+        WebSocketManager(max_messages_per_second=-1)
+    assert "second" not in str(info.value).replace("max_messages_per_second", "")
+
+
+async def test_infinite_limits_mean_never(autojump_clock: Any) -> None:
     manager = WebSocketManager(
-        max_connections=math.inf, heartbeat_interval=math.inf, max_connections_per_user=math.inf
+        authentication=lambda request: "alice",
+        max_connections=math.inf,
+        max_connections_per_user=math.inf,
+        max_connections_per_address=math.inf,
+        max_messages_per_second=math.inf,
+        heartbeat_interval=math.inf,
+        heartbeat_timeout=math.inf,
     )
-    assert manager.max_connections == math.inf
+    async with contextlib.AsyncExitStack() as stack:
+        peers = [await stack.enter_async_context(open_peer(manager, idle)) for _ in range(20)]
+        assert [peer.status for peer in peers] == [101] * 20
+        assert len(manager.get_user_sockets("alice")) == 20  # no per-user limit
+        for i in range(500):  # a burst no finite rate limit would let through
+            await peers[0].send(str(i))
+        await trio.sleep(86_000)  # a (virtual) day: no heartbeat is ever due
+        for peer in peers:
+            with trio.move_on_after(1):
+                event = await peer.next_event()
+                raise AssertionError(f"the server sent {event!r}")
+        stats = manager.statistics()
+        assert stats.messages_in == 500
+        assert (stats.rate_limited, stats.heartbeat_timeouts) == (0, 0)
+        assert manager.get_active_connections() == 20

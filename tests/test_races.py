@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import struct
 from typing import Any
 
+import pytest
 import trio
 import trio.lowlevel
 import trio.testing
@@ -135,36 +137,54 @@ async def test_concurrent_handshakes_of_one_user_respect_the_per_user_limit(
 
 
 async def test_a_socket_accepted_while_close_runs_gets_the_close_code(autojump_clock: Any) -> None:
-    gate = trio.Event()
+    # The window: the handshake passed the "closing?" check after authentication and
+    # is writing its 101 when close() starts, so close() cannot see the socket yet.
+    # A lockstep wire holds that write until the peer reads, which the peer does
+    # only once close() is waiting; the socket then registers after close() looked.
+    # close_timeout=inf: without the late close_nowait this socket is never closed.
+    passed = trio.Event()
 
-    async def auth(request: Any) -> str:
-        await gate.wait()
+    def auth(request: Any) -> str:
+        passed.set()  # the authenticator is done: next come the check and the 101
         return "late"
 
-    manager = WebSocketManager(authentication=auth, close_timeout=5)
-    async with open_peer(manager, idle, handshake=False) as peer:
+    manager = WebSocketManager(
+        authentication=auth, close_timeout=math.inf, heartbeat_interval=math.inf
+    )
+    async with open_peer(manager, idle, handshake=False, lockstep=True) as peer:
+        await peer.send_raw(peer.ws.send(Request(host="testserver", target="/")))
+        await passed.wait()
+        await trio.testing.wait_all_tasks_blocked()  # the 101 is held up on the wire
+        assert manager.get_active_connections() == 0
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(peer.handshake)
-            await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(manager.close, 1012, "restart")
             await trio.testing.wait_all_tasks_blocked()
-            gate.set()  # authentication finishes after close() started
-        code, reason = await peer.wait_closed()
-        assert peer.status in (101, 503)
-        if peer.status == 101:
-            assert (code, reason) == (1012, "restart")
+            assert manager.closing
+            while peer.status is None:  # now read the 101: the socket registers late
+                assert await peer.next_event() is not None
+            assert peer.status == 101
+            with trio.fail_after(60):
+                code, reason = await peer.wait_closed()
+        assert (code, reason) == (1012, "restart")
+        assert manager.get_active_connections() == 0
 
 
-async def test_a_failing_close_callback_is_logged_and_harms_nothing() -> None:
+async def test_a_failing_close_callback_is_logged_and_harms_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     manager = WebSocketManager(heartbeat_interval=math.inf)
 
     async def handler(sock: ManagedSocket) -> None:
         sock.add_close_callback(lambda s: 1 / 0)
         await idle(sock)
 
-    async with open_peer(manager, handler) as bystander:
-        async with open_peer(manager, handler) as peer:
-            await peer.close()
-            await peer.wait_closed()
-        await bystander.send("still here")
-        assert manager.get_active_connections() == 1
+    with caplog.at_level(logging.ERROR, logger="trio_wsmgr"):
+        async with open_peer(manager, handler) as bystander:
+            async with open_peer(manager, handler) as peer:
+                await peer.close()
+                await peer.wait_closed()
+            await bystander.send("still here")
+            assert manager.get_active_connections() == 1
+    failures = [r for r in caplog.records if "close callback" in r.getMessage()]
+    assert failures, "the failing callback was not logged"
+    assert all(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in failures)

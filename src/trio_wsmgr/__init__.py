@@ -27,12 +27,17 @@ from .broadcast._broadcaster import Channel as Channel
 from .client._health import HealthState as HealthState
 from .client._health import HealthStatus as HealthStatus
 from .client._health import PoolStatistics as PoolStatistics
+from .client._pool import Acquisition as Acquisition
 from .client._pool import WebSocketPool as WebSocketPool
 from .protocol._compression import Compression as Compression
+from .server._auth import Authenticator as Authenticator
+from .server._auth import AuthResult as AuthResult
 from .server._auth import HandshakeRequest as HandshakeRequest
 from .server._auth import TokenAuth as TokenAuth
 from .server._auth import extract_token as extract_token
 from .server._auth import static_tokens as static_tokens
+from .server._fanout import OnFull as OnFull
+from .server._manager import Handler as Handler
 from .server._manager import ManagerStatistics as ManagerStatistics
 from .server._manager import Server as Server
 from .server._manager import WebSocketManager as WebSocketManager
@@ -42,6 +47,9 @@ from .server._socket import SocketStatistics as SocketStatistics
 __version__ = "0.1.0"
 
 __all__ = [
+    "Acquisition",
+    "AuthResult",
+    "Authenticator",
     "Backend",
     "BackendStatistics",
     "BackendUnavailable",
@@ -53,6 +61,7 @@ __all__ = [
     "CloseCode",
     "Compression",
     "ConnectionClosed",
+    "Handler",
     "HandshakeRequest",
     "HealthState",
     "HealthStatus",
@@ -62,6 +71,7 @@ __all__ = [
     "MemoryBackend",
     "MemoryHub",
     "MessageEncodingError",
+    "OnFull",
     "PoolClosed",
     "PoolStatistics",
     "PoolTimeout",

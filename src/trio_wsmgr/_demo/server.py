@@ -311,6 +311,7 @@ async def run_demo(
     listeners: Sequence[trio.SocketListener],
     *,
     backend: Backend | None = None,
+    manager: WebSocketManager | None = None,
     task_status: trio.TaskStatus[Demo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the chat page at ``/`` and its WebSocket at ``/ws`` until :meth:`Demo.close`.
@@ -319,10 +320,11 @@ async def run_demo(
     busy port is an ``OSError`` before anything starts). Use with
     ``demo = await nursery.start(run_demo, listeners)``. A ``backend`` (e.g. a
     :class:`~trio_wsmgr.backends.RedisBackend`) shares the rooms with every
-    demo using it.
+    demo using it. ``manager`` replaces :func:`build_manager`'s (tests use quicker timers).
     """
     routes = static_routes()
-    manager = build_manager()
+    if manager is None:
+        manager = build_manager()
     broadcaster = Broadcaster() if backend is None else Broadcaster(backend=backend)
     with trio.CancelScope() as scope:
         async with broadcaster, trio.open_nursery() as nursery:

@@ -93,17 +93,10 @@ class Backend(abc.ABC):
     async def unsubscribe(self, topics: Collection[str]) -> None:
         """Stop receiving ``topics``."""
 
-    def statistics(self) -> BackendStatistics:
-        """A snapshot of the backend's counters (override to report real ones).
+    def statistics(self) -> BackendStatistics | None:
+        """A snapshot of the backend's state, or None if this backend cannot tell.
 
-        The default knows nothing: it says connected, with every counter at zero.
+        The default says nothing (None): a backend that does not override this
+        is not claimed to be connected, nor to have moved zero messages.
         """
-        return BackendStatistics(
-            connected=True,
-            topics=0,
-            published=0,
-            publish_failures=0,
-            received=0,
-            reconnects=0,
-            connection_failures=0,
-        )
+        return None

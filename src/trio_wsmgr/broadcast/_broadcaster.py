@@ -205,7 +205,8 @@ class BroadcasterStatistics:
     inbox_dropped: int
     #: backend messages that were not in this wire format, ignored
     malformed: int
-    backend: BackendStatistics
+    #: the backend's own snapshot (None if the backend does not report one)
+    backend: BackendStatistics | None
 
 
 @attrs.define(kw_only=True, eq=False, repr=False)

@@ -312,7 +312,7 @@ class WebSocketPool:
 
     # -- the spec's methods -------------------------------------------------------------------
 
-    def acquire(self) -> _Acquire:
+    def acquire(self) -> Acquisition:
         """Take a connection: ``async with pool.acquire() as conn:`` or ``await pool.acquire()``.
 
         Serves the last used idle connection, else opens one while under ``max_connections``,
@@ -325,7 +325,7 @@ class WebSocketPool:
         block raised a connection error (:data:`CONNECTION_ERRORS`) or was cancelled: a
         request abandoned half way leaves its reply on the wire for the next user.
         """
-        return _Acquire(self)
+        return Acquisition(self)
 
     async def release(self, conn: Connection, *, discard: bool = False) -> None:
         """Give ``conn`` back; it is closed instead if ``discard`` or in an unknown state.
@@ -577,8 +577,14 @@ class WebSocketPool:
         slot.scope.cancel()
 
 
-class _Acquire:
-    """What ``pool.acquire()`` returns: awaitable, and an async context manager."""
+class Acquisition:
+    """What ``pool.acquire()`` returns: await it, or use it as an async context manager.
+
+    ``conn = await pool.acquire()`` takes a connection that you give back with
+    :meth:`WebSocketPool.release`; ``async with pool.acquire() as conn:`` gives it
+    back when the block ends (discarding it if the block raised a connection
+    error or was cancelled). Use each one once.
+    """
 
     __slots__ = ("_conn", "_pool")
 

@@ -73,7 +73,11 @@ def redact_path(path: str, parameter: str = "token") -> str:
     return urlunsplit(parts._replace(query=urlencode(kept)))
 
 
-Authenticator: TypeAlias = Callable[[HandshakeRequest], Any]
+#: what an authenticator returns: the user id, or None to refuse with 401
+#: (or an awaitable of either, for ``async def`` authenticators)
+AuthResult: TypeAlias = "str | Awaitable[str | None] | None"
+#: ``auth(request) -> user_id | None`` (sync or async); see the module documentation
+Authenticator: TypeAlias = Callable[[HandshakeRequest], AuthResult]
 TokenVerifier: TypeAlias = Callable[[str], "str | Awaitable[str | None] | None"]
 
 

@@ -17,7 +17,7 @@ import trio_websocket
 from .. import _border
 from .._config import CloseCode
 from .._exceptions import ConnectionClosed, RequestRejected
-from .._validators import instance_of, limit, optional_callable, seconds
+from .._validators import count, instance_of, limit, optional_callable, rate, seconds, str_tuple
 from ..protocol._compression import Compression
 from ..protocol._message import DeflateCompressor, Outgoing
 from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
@@ -41,12 +41,15 @@ class _Unset:
 UNSET: Final = _Unset()
 
 
-def _str_tuple(value: Sequence[str] | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        raise TypeError(f"expected a list of strings, not the string {value!r}")
-    return tuple(value)
+def _protocols(value: Sequence[str]) -> tuple[str, ...]:
+    converted = str_tuple("protocols")(value)
+    if converted is None:
+        raise TypeError("protocols must be a list of strings, not None")
+    return converted
+
+
+def _origins(value: Sequence[str] | None) -> tuple[str, ...] | None:
+    return str_tuple("allowed_origins")(value)
 
 
 @attrs.frozen
@@ -105,8 +108,8 @@ class WebSocketManager:
         factory=Compression,
         validator=attrs.validators.optional(instance_of(Compression, "a Compression(...) or None")),
     )
-    protocols: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
-    allowed_origins: tuple[str, ...] | None = attrs.field(default=None, converter=_str_tuple)
+    protocols: tuple[str, ...] = attrs.field(default=(), converter=_protocols)
+    allowed_origins: tuple[str, ...] | None = attrs.field(default=None, converter=_origins)
     max_message_size: int | float = attrs.field(default=1 << 20, validator=limit)
     send_buffer_size: int | float = attrs.field(default=256 * 1024, validator=limit)
     slow_consumer_timeout: float = attrs.field(default=1.0, validator=seconds)
@@ -114,8 +117,8 @@ class WebSocketManager:
     max_incoming_queue: int | float = attrs.field(default=16, validator=limit)
     max_connections_per_user: int | float = attrs.field(default=math.inf, validator=limit)
     max_connections_per_address: int | float = attrs.field(default=math.inf, validator=limit)
-    max_messages_per_second: float = attrs.field(default=math.inf, validator=seconds)
-    receive_buffer_size: int = attrs.field(default=16 * 1024, validator=limit)
+    max_messages_per_second: float = attrs.field(default=math.inf, validator=rate)
+    receive_buffer_size: int = attrs.field(default=16 * 1024, validator=count(1))
 
     _registry: Registry[ManagedSocket] = attrs.field(init=False, repr=False, factory=Registry)
     _closing: bool = attrs.field(init=False, repr=False, default=False)
@@ -131,9 +134,6 @@ class WebSocketManager:
     _rejected: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
-        for name in self.protocols:
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"protocols must be non-empty strings, not {name!r}")
         if isinstance(self.max_message_size, float):
             raise TypeError("max_message_size must be an int")
         for key in [
