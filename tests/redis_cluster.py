@@ -75,6 +75,10 @@ class RedisCluster:
             str(node_timeout),
             "--cluster-require-full-coverage",
             "no",
+            # A replica that never synced refuses to fail over: start the transfer at
+            # once (the default waits 5 s for more replicas).
+            "--repl-diskless-sync-delay",
+            "0",
         )
         self.nodes = [
             RedisServer(server, cluster=True, own_all_slots=False, extra_args=args)
@@ -112,7 +116,8 @@ class RedisCluster:
             node.stop()
 
     def healthy(self) -> bool:
-        """Every node runs, says ``cluster_state:ok``, sees all slots, and all agree on owners."""
+        """Every node runs, says ``cluster_state:ok``, sees all slots, all agree on the
+        owners, and every replica is in sync with its master (so it can fail over)."""
         views = set()
         for node in self.nodes:
             if not node.running:
@@ -122,6 +127,12 @@ class RedisCluster:
                 if info.get("cluster_state") != "ok" or info.get("cluster_slots_ok") != "16384":
                     return False
                 if info.get("cluster_known_nodes") != str(len(self.nodes)):
+                    return False
+                replication = _info(node.command("INFO", "replication"))
+                if (
+                    replication.get("role") == "slave"
+                    and replication.get("master_link_status") != "up"
+                ):
                     return False
                 views.add(tuple(sorted(self._slot_owners(node).items())))
             except (OSError, RuntimeError):

@@ -303,6 +303,13 @@ def test_broadcaster_options_are_validated(
         (("redis://127.0.0.1",), {"cluster": "yes"}, TypeError, "cluster"),
         (("redis://127.0.0.1",), {"prefix": "a b"}, ValueError, "prefix"),
         (("redis://127.0.0.1",), {"backoff": 1.0}, TypeError, "backoff"),
+        (("redis://a:7000",), {"seeds": ["redis://b:7000"]}, ValueError, "seeds"),
+        (("redis://a:7000",), {"cluster": True, "seeds": "redis://b:7000"}, TypeError, "seeds"),
+        (("redis://a:7000",), {"cluster": True, "seeds": 7000}, TypeError, "seeds"),
+        (("redis://a:7000",), {"cluster": True, "seeds": ["http://b"]}, ValueError, "seeds"),
+        (("redis://a:7000",), {"cluster": True, "seeds": ["redis://"]}, ValueError, "seeds"),
+        (("redis://a:7000",), {"cluster": True, "seeds": ["rediss://b"]}, ValueError, "seeds"),
+        (("redis://a:7000",), {"cluster": True, "refresh_interval": 0}, ValueError, "refresh"),
     ],
 )
 def test_redis_backend_options_are_validated(

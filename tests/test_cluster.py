@@ -21,6 +21,7 @@ import trio
 from websockets.trio.client import ClientConnection, connect
 
 from redis_cluster import RedisCluster
+from redis_cluster import fresh_redis_cluster_fixture as fresh_redis_cluster_fixture
 from trio_wsmgr import (
     BackendUnavailable,
     Broadcaster,
@@ -37,11 +38,11 @@ WAIT = 10.0
 CHANNELS = [f"room:{i}" for i in range(30)]
 
 
-def cluster_backend(cluster: RedisCluster, **options: Any) -> RedisBackend:
+def cluster_backend(cluster: RedisCluster, url: str | None = None, **options: Any) -> RedisBackend:
     options.setdefault("connect_timeout", 2.0)
     options.setdefault("command_timeout", 1.0)
     options.setdefault("backoff", Backoff(initial=0.05, maximum=0.5))
-    return RedisBackend(cluster.url, cluster=True, **options)
+    return RedisBackend(url or cluster.url, cluster=True, **options)
 
 
 @attrs.define(eq=False)
@@ -49,6 +50,7 @@ class Node:
     name: str
     manager: WebSocketManager
     broadcaster: Broadcaster
+    backend: RedisBackend
     port: int = 0
 
     async def handler(self, sock: ManagedSocket) -> None:
@@ -62,7 +64,7 @@ class Node:
 @asynccontextmanager
 async def running_node(name: str, backend: RedisBackend) -> AsyncIterator[Node]:
     manager = WebSocketManager(close_timeout=1.0, heartbeat_interval=math.inf)
-    node = Node(name, manager, Broadcaster(backend=backend))
+    node = Node(name, manager, Broadcaster(backend=backend), backend)
     async with node.broadcaster, trio.open_nursery() as nursery:
         server = await nursery.start(manager.serve, node.handler, "127.0.0.1", 0)
         node.port = server.port
@@ -256,3 +258,86 @@ async def test_every_channel_of_every_shard_delivers_across_nodes_exactly_once(
         await traffic.stop_and_drain()
     traffic.check_exact()
     assert not any(traffic.failed.values()), "nothing failed on a healthy cluster"
+
+
+# -- faults ----------------------------------------------------------------------------------
+#
+# Each scenario gets a cluster of its own (it kills or reshards it). The figures it
+# measures are printed (``pytest -s``) and reported in docs/howto/redis.rst.
+
+
+def report(scenario: str, **figures: object) -> None:
+    print(f"\n[cluster] {scenario}: " + ", ".join(f"{k}={v}" for k, v in figures.items()))
+
+
+async def eventually(check: Any, what: str, timeout: float = WAIT) -> None:
+    with trio.move_on_after(timeout):
+        while not check():
+            await trio.sleep(0.01)
+        return
+    raise AssertionError(f"timed out waiting until {what}")
+
+
+def channel_on(cluster: RedisCluster, node: Any, stem: str) -> str:
+    """A channel name (``stem:N``) whose slot ``node`` owns."""
+    for i in range(10_000):
+        if cluster.owner(f"{PREFIX}{stem}:{i}").port == node.port:
+            return f"{stem}:{i}"
+    raise LookupError("no such channel")
+
+
+async def check_a_new_subscription_works(
+    cluster: RedisCluster, traffic: Traffic, owner: Any
+) -> None:
+    """A channel first subscribed now, on a slot of ``owner``, delivers across nodes."""
+    a, b = traffic.nodes
+    late = channel_on(cluster, owner, "late")
+    async with subscriber(b, [late]) as ws:
+        assert await a.broadcaster.broadcast(late, "a|late|0") == 0
+        with trio.fail_after(WAIT):
+            assert await ws.recv() == "a|late|0"
+
+
+async def test_a_killed_master_fails_over_and_every_channel_delivers_again(
+    fresh_redis_cluster: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    cluster = fresh_redis_cluster
+    seed = cluster.node(int(cluster.url.rsplit(":", 1)[1]))
+    victim = next(m for m in cluster.masters() if m.port != seed.port)
+    lost_channels = shards_of(cluster, CHANNELS)[victim.port]
+    async with traffic_between(cluster) as traffic:
+        a, b = traffic.nodes
+        await traffic.wait_flowing(since=trio.current_time())
+        seq_at_kill, killed_at = traffic.seq, trio.current_time()
+        cluster.kill(victim)
+        await eventually(lambda: b.backend.statistics().degraded, "the backend says degraded")
+        stats = b.backend.statistics()
+        assert not stats.connected
+        assert [s.connected for s in stats.shards if s.address.endswith(f":{victim.port}")] == [
+            False
+        ]
+        promoted = await cluster.wait_promoted(victim)
+        promoted_at = trio.current_time()
+        # The issue's bar: every channel delivers again within 5 s of the promotion.
+        resumed_at = await traffic.wait_flowing(since=promoted_at, timeout=5.0)
+        seq_resumed = traffic.seq
+        await eventually(lambda: a.backend.connected and b.backend.connected, "connected again")
+        assert not b.backend.statistics().degraded
+        restored = promoted.channels(PREFIX)
+        assert set(lost_channels) <= restored, "subscriptions restored on the new owner"
+        await check_a_new_subscription_works(cluster, traffic, promoted)
+        await traffic.stop_and_drain()
+    traffic.check_exact(lost_only_within=(seq_at_kill - 1, seq_resumed))
+    warnings = [
+        r for r in caplog.records if r.levelname == "WARNING" and str(victim.port) in r.getMessage()
+    ]
+    assert len(warnings) == 2, "the outage is logged once per node, not once per message"
+    report(
+        "master killed",
+        promotion=f"{promoted_at - killed_at:.2f}s",
+        gap=f"{traffic.first_arrival_after(killed_at, lost_channels) - killed_at:.2f}s",
+        after_promotion=f"{resumed_at - promoted_at:.2f}s",
+        lost=sum(len(v) for v in traffic.lost().values()),
+        failed=sum(len(v) for v in traffic.failed.values()),
+        rounds=traffic.seq,
+    )

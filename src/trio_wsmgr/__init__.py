@@ -21,6 +21,7 @@ from .backends import BackendStatistics as BackendStatistics
 from .backends import MemoryBackend as MemoryBackend
 from .backends import MemoryHub as MemoryHub
 from .backends import RedisBackend as RedisBackend
+from .backends import ShardStatistics as ShardStatistics
 from .broadcast._broadcaster import Broadcaster as Broadcaster
 from .broadcast._broadcaster import BroadcasterStatistics as BroadcasterStatistics
 from .broadcast._broadcaster import Channel as Channel
@@ -78,6 +79,7 @@ __all__ = [
     "RedisBackend",
     "RequestRejected",
     "Server",
+    "ShardStatistics",
     "SocketStatistics",
     "TokenAuth",
     "WebSocketManager",

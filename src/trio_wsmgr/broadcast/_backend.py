@@ -45,6 +45,20 @@ Receiver: TypeAlias = Callable[[str, bytes], None]
 
 
 @attrs.frozen
+class ShardStatistics:
+    """One part of a partitioned engine (a Redis Cluster master), as a backend sees it."""
+
+    #: where it is (``host:port``)
+    address: str
+    #: whether the backend's connection to it is up, with its subscriptions restored
+    connected: bool
+    #: hash slots it owns, as last read from the cluster
+    slots: int
+    #: topics this node is subscribed to there
+    topics: int
+
+
+@attrs.frozen
 class BackendStatistics:
     """A snapshot of a backend's state (``backend.statistics()``)."""
 
@@ -62,6 +76,12 @@ class BackendStatistics:
     reconnects: int
     #: connection attempts that failed, or connections that were lost
     connection_failures: int
+    #: part of the engine is reachable, part is not (a cluster shard is down):
+    #: topics on the reachable part work, the others neither send nor receive.
+    #: ``connected`` is False meanwhile; both False means nothing is reachable.
+    degraded: bool = False
+    #: per-shard state, for an engine made of shards (Redis Cluster); else empty
+    shards: tuple[ShardStatistics, ...] = ()
 
 
 class Backend(abc.ABC):

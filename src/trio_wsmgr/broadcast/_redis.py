@@ -14,9 +14,12 @@ Broadcaster's receiver as they are read, so coredis' own (unbounded) buffers
 stay empty; the bounded buffer is the Broadcaster's inbox.
 
 Topics map to Redis channels as ``prefix + topic``. With ``cluster=True`` the
-client is a ``coredis.RedisCluster`` and the backend uses SPUBLISH / SSUBSCRIBE
-(Redis >= 7), so each channel lives on the shard that owns its hash slot
-instead of being copied to every node of the cluster.
+backend uses SPUBLISH / SSUBSCRIBE (Redis >= 7), so each channel lives on the
+shard that owns its hash slot instead of being copied to every node of the
+cluster. That side does not use coredis: :mod:`._redis_cluster` keeps one
+connection of its own per master, follows failovers and resharding (``MOVED``
+replies, ``sunsubscribe`` pushes, a periodic ``CLUSTER SLOTS``) and restores the
+subscriptions on each slot's new owner.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import importlib.util
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Collection
+from collections.abc import AsyncIterator, Callable, Collection, Iterable
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -37,6 +40,8 @@ from .._backoff import Backoff
 from .._exceptions import BackendUnavailable
 from .._validators import seconds
 from ._backend import Backend, BackendStatistics, Receiver
+from ._redis_cluster import ClusterPubSub
+from ._redis_resp import Credentials, key_slot
 
 if TYPE_CHECKING:
     import coredis
@@ -57,6 +62,26 @@ def _url(instance: object, attribute: attrs.Attribute[Any], value: object) -> No
         raise ValueError(
             f"{attribute.name} must be a redis://, rediss:// or unix:// URL, not {_redact(value)!r}"
         )
+
+
+def _seeds(instance: object, attribute: attrs.Attribute[Any], value: tuple[object, ...]) -> None:
+    for seed in value:
+        _url(instance, attribute, seed)
+        assert isinstance(seed, str)
+        parts = urlsplit(seed)
+        if parts.scheme == "unix" or not parts.hostname:
+            raise ValueError(f"{attribute.name} must be redis:// URLs with a host, not {seed!r}")
+
+
+def _tuple_of_urls(value: object) -> tuple[object, ...]:
+    if isinstance(value, str | bytes):  # one URL is not a sequence of seeds
+        raise TypeError(f"seeds must be a sequence of URLs, not the string {value!r}")
+    if not isinstance(value, Iterable):
+        raise TypeError(f"seeds must be a sequence of URLs, not {value!r}")
+    try:
+        return tuple(value)
+    except TypeError:
+        raise TypeError(f"seeds must be a sequence of URLs, not {value!r}") from None
 
 
 def _prefix(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -83,15 +108,6 @@ def _summary(exc: BaseException) -> str:
     return repr(exc)
 
 
-def _close_layout_streams(client: object) -> None:
-    """Close what coredis 6.9's cluster layout never closes (else ResourceWarnings on GC)."""
-    layout = getattr(getattr(client, "connection_pool", None), "cluster_layout", None)
-    for stream in getattr(layout, "_error_stream", ()):
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
-
-
 @attrs.define(eq=False, repr=False)
 class RedisBackend(Backend):
     """A :class:`~trio_wsmgr.backends.Backend` over Redis pub/sub.
@@ -100,7 +116,16 @@ class RedisBackend(Backend):
 
     ``cluster``
         The URL names a node of a Redis Cluster (>= 7): use sharded pub/sub
-        (SPUBLISH / SSUBSCRIBE).
+        (SPUBLISH / SSUBSCRIBE), one connection per master.
+    ``seeds``
+        With ``cluster=True``: more nodes to read the cluster's layout from, as
+        ``redis://`` (or ``rediss://``) URLs, when the one in ``url`` is down.
+        Their user name and password are those of ``url``. Every node the
+        cluster reports is remembered too, so seeds matter mostly at start.
+    ``refresh_interval``
+        With ``cluster=True``: how often the layout is read again while all is
+        well (it is also read on every redirection, lost connection or moved
+        slot, and about every second while a shard is down).
     ``prefix``
         Prepended to every Redis channel name (default ``"trio_wsmgr:"``), so
         several applications can share a server.
@@ -123,10 +148,14 @@ class RedisBackend(Backend):
     cluster: bool = attrs.field(
         kw_only=True, default=False, validator=attrs.validators.instance_of(bool)
     )
+    seeds: tuple[str, ...] = attrs.field(
+        kw_only=True, default=(), converter=_tuple_of_urls, validator=_seeds
+    )
     prefix: str = attrs.field(kw_only=True, default="trio_wsmgr:", validator=_prefix)
     connect_timeout: float = attrs.field(kw_only=True, default=5.0, validator=seconds)
     command_timeout: float = attrs.field(kw_only=True, default=2.0, validator=seconds)
     health_check_interval: float = attrs.field(kw_only=True, default=15.0, validator=seconds)
+    refresh_interval: float = attrs.field(kw_only=True, default=30.0, validator=seconds)
     backoff: Backoff = attrs.field(
         kw_only=True,
         factory=lambda: Backoff(initial=0.05, maximum=5.0),
@@ -138,6 +167,7 @@ class RedisBackend(Backend):
     _client: Any = attrs.field(init=False, default=None)
     _pubsub: Any = attrs.field(init=False, default=None)
     _session: trio.CancelScope | None = attrs.field(init=False, default=None)
+    _cluster: ClusterPubSub | None = attrs.field(init=False, default=None)
     _lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
     _rng: random.Random = attrs.field(init=False, factory=random.Random)
     _counts: dict[str, int] = attrs.field(init=False)
@@ -145,7 +175,12 @@ class RedisBackend(Backend):
     def __attrs_post_init__(self) -> None:
         if self.cluster and urlsplit(self.url).scheme == "unix":
             raise ValueError("url must be redis:// or rediss:// when cluster=True")
-        if importlib.util.find_spec("coredis") is None:
+        if self.seeds and not self.cluster:
+            raise ValueError("seeds are for a Redis Cluster: pass cluster=True (or no seeds)")
+        scheme = urlsplit(self.url).scheme
+        if any(urlsplit(seed).scheme != scheme for seed in self.seeds):
+            raise ValueError(f"seeds must all use the url's scheme ({scheme}://)")
+        if not self.cluster and importlib.util.find_spec("coredis") is None:
             raise ImportError(
                 "RedisBackend needs coredis: pip install 'trio-wsmgr[redis]'", name="coredis"
             )
@@ -162,18 +197,31 @@ class RedisBackend(Backend):
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "disconnected"
-        mode = " cluster" if self.cluster else ""
+        mode = (
+            f" cluster (+{len(self.seeds)} seeds)"
+            if self.seeds
+            else (" cluster" if self.cluster else "")
+        )
         return f"<RedisBackend {_redact(self.url)}{mode} {state} topics={len(self._topics)}>"
 
     @property
     def connected(self) -> bool:
-        """True while a session is up and every subscription has been restored."""
+        """True while a session is up and every subscription has been restored.
+
+        On a cluster: while the backend is connected to every master, with every
+        subscription restored (see ``statistics().degraded`` for "some of them").
+        """
+        if self.cluster:
+            return self._cluster is not None and self._cluster.connected
         return self._pubsub is not None
 
     def statistics(self) -> BackendStatistics:
         counts = self._counts
+        cluster = self._cluster
         return BackendStatistics(
             connected=self.connected,
+            degraded=cluster is not None and cluster.degraded,
+            shards=cluster.shard_statistics() if cluster is not None else (),
             topics=len(self._topics),
             published=counts["published"],
             publish_failures=counts["publish_failures"],
@@ -193,6 +241,12 @@ class RedisBackend(Backend):
         if self._receive is not None:
             raise RuntimeError("this backend is already running (one Broadcaster per backend)")
         self._receive = receive
+        if self.cluster:
+            try:
+                await self._run_cluster(receive, task_status)
+            finally:
+                self._receive = self._cluster = None
+            return
         started = False
         sessions = 0
         failures = 0
@@ -235,7 +289,45 @@ class RedisBackend(Backend):
         finally:
             self._receive = None
 
+    async def _run_cluster(self, receive: Receiver, task_status: trio.TaskStatus[None]) -> None:
+        cut = len(self.prefix.encode())
+
+        def deliver(channel: bytes, data: bytes) -> None:
+            receive(channel[cut:].decode("utf-8", "replace"), data)
+
+        parts = urlsplit(self.url)
+        addresses = [(parts.hostname or "127.0.0.1", parts.port or 6379)]
+        for seed in self.seeds:
+            seed_parts = urlsplit(seed)
+            addresses.append((seed_parts.hostname or "127.0.0.1", seed_parts.port or 6379))
+        self._cluster = cluster = ClusterPubSub(
+            seeds=list(dict.fromkeys(addresses)),
+            credentials=Credentials(
+                username=unquote(parts.username) if parts.username else None,
+                password=unquote(parts.password) if parts.password else None,
+                tls=parts.scheme == "rediss",
+            ),
+            deliver=deliver,
+            counts=self._counts,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            health_check_interval=self.health_check_interval,
+            refresh_interval=self.refresh_interval,
+            backoff=self.backoff,
+        )
+        prefix = self.prefix
+        cluster.wanted.update(
+            {
+                (prefix + topic).encode(): key_slot((prefix + topic).encode())
+                for topic in self._topics
+            }
+        )
+        await cluster.run(task_status=task_status)
+
     async def publish(self, topic: str, data: bytes) -> None:
+        if self.cluster:
+            await self._publish_cluster(topic, data)
+            return
         client = self._client
         if client is None or self._pubsub is None:
             self._counts["publish_failures"] += 1
@@ -244,12 +336,9 @@ class RedisBackend(Backend):
         channel = self.prefix + topic
         try:
             with trio.fail_after(self.command_timeout):
-                if self.cluster:
-                    await client.spublish(channel, data)
-                else:
-                    # RESP3 allows commands on the pub/sub connection. Queued there
-                    # synchronously, publications leave in call order, on one connection.
-                    await self._pubsub.connection.create_request(b"PUBLISH", channel, data)
+                # RESP3 allows commands on the pub/sub connection. Queued there
+                # synchronously, publications leave in call order, on one connection.
+                await self._pubsub.connection.create_request(b"PUBLISH", channel, data)
         except Exception as exc:
             self._counts["publish_failures"] += 1
             raise BackendUnavailable(
@@ -257,15 +346,46 @@ class RedisBackend(Backend):
             ) from exc
         self._counts["published"] += 1
 
+    async def _publish_cluster(self, topic: str, data: bytes) -> None:
+        cluster = self._cluster
+        try:
+            if cluster is None:
+                await trio.lowlevel.checkpoint()
+                raise BackendUnavailable(
+                    f"not connected to the Redis Cluster at {_redact(self.url)}", delivered=0
+                )
+            await cluster.publish((self.prefix + topic).encode(), data)
+        except BackendUnavailable:
+            self._counts["publish_failures"] += 1
+            raise
+        self._counts["published"] += 1
+
     async def subscribe(self, topics: Collection[str]) -> None:
         new = [topic for topic in topics if topic not in self._topics]
         self._topics.update(new)
+        if self.cluster:
+            await self._change_cluster(new, subscribe=True)
+            return
         await self._change(new, subscribe=True)
 
     async def unsubscribe(self, topics: Collection[str]) -> None:
         gone = [topic for topic in topics if topic in self._topics]
         self._topics.difference_update(gone)
+        if self.cluster:
+            await self._change_cluster(gone, subscribe=False)
+            return
         await self._change(gone, subscribe=False)
+
+    async def _change_cluster(self, topics: list[str], *, subscribe: bool) -> None:
+        cluster = self._cluster
+        if cluster is None or not topics:  # the next run subscribes to self._topics
+            await trio.lowlevel.checkpoint()
+            return
+        channels = [(self.prefix + topic).encode() for topic in topics]
+        if subscribe:
+            await cluster.subscribe(channels)
+        else:
+            await cluster.unsubscribe(channels)
 
     # -- sessions -------------------------------------------------------------------
 
@@ -307,8 +427,7 @@ class RedisBackend(Backend):
 
     @asynccontextmanager
     async def _open(self) -> AsyncIterator[tuple[Any, BasePubSub[bytes, Any]]]:
-        from coredis import Redis, RedisCluster
-        from coredis.connection import TCPLocation
+        from coredis import Redis
         from coredis.retry import NoRetryPolicy
 
         options: dict[str, Any] = {
@@ -316,31 +435,12 @@ class RedisBackend(Backend):
             "connect_timeout": self.connect_timeout,
             "stream_timeout": self.command_timeout,
         }
-        client: coredis.Redis[bytes] | coredis.RedisCluster[bytes]
+        client: coredis.Redis[bytes] = Redis.from_url(self.url, **options)
         pubsub: BasePubSub[bytes, Any]
-        if self.cluster:
-            # Built from parts: RedisCluster.from_url warns (DeprecationWarning) in coredis 6.
-            parts = urlsplit(self.url)
-            client = RedisCluster(
-                startup_nodes=[TCPLocation(parts.hostname or "127.0.0.1", parts.port or 6379)],
-                username=unquote(parts.username) if parts.username else None,
-                password=unquote(parts.password) if parts.password else None,
-                ssl=parts.scheme == "rediss",
-                **options,
-            )
-            try:
-                async with client:
-                    pubsub = client.sharded_pubsub(**self._pubsub_options())
-                    async with pubsub:
-                        yield client, pubsub
-            finally:
-                _close_layout_streams(client)
-        else:
-            client = Redis.from_url(self.url, **options)
-            async with client:
-                pubsub = client.pubsub(**self._pubsub_options())
-                async with pubsub:
-                    yield client, pubsub
+        async with client:
+            pubsub = client.pubsub(**self._pubsub_options())
+            async with pubsub:
+                yield client, pubsub
 
     def _pubsub_options(self) -> dict[str, Any]:
         from coredis.retry import NoRetryPolicy
