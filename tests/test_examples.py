@@ -7,6 +7,7 @@ cleanly. Scripts that run to the end are checked by their exit status and output
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -140,3 +141,34 @@ def test_each_example_is_short_and_shown_in_the_docs(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= 110
     docs = "\n".join(page.read_text() for page in (ROOT / "docs").rglob("*.rst"))
     assert f"examples/{path.name}" in docs
+
+
+def test_the_recovery_client_gets_what_it_missed_after_a_drop_in_order_once() -> None:
+    with serving("recovery_server.py") as url, connect(url) as publisher:
+        for n in range(1, 4):
+            publisher.send(f"m{n}")
+        envelopes = [json.loads(publisher.recv(timeout=WAIT)) for _ in range(3)]
+        epoch = envelopes[0]["epoch"]
+        assert [e["offset"] for e in envelopes] == [1, 2, 3]
+        argv = [sys.executable, str(EXAMPLES / "recovery_client.py"), url]
+        client = subprocess.Popen(
+            [*argv, "--count", "6", f"--since={epoch}:0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert client.stdout is not None
+            lines = [json.loads(client.stdout.readline()) for _ in range(3)]  # from history
+            publisher.send("!drop")  # the server cuts the client's connection
+            for n in range(4, 7):
+                publisher.send(f"m{n}")  # while it is away (its back-off is >= 0.37 s)
+            lines += [json.loads(line) for line in client.stdout]
+            _, stderr = client.communicate(timeout=WAIT)
+        finally:
+            if client.poll() is None:
+                client.kill()
+                client.communicate()
+    assert client.returncode == 0, stderr
+    assert "connection lost" in stderr  # it did reconnect
+    assert lines == [{"offset": n, "data": f"m{n}"} for n in range(1, 7)]

@@ -25,6 +25,9 @@ from .backends import ShardStatistics as ShardStatistics
 from .broadcast._broadcaster import Broadcaster as Broadcaster
 from .broadcast._broadcaster import BroadcasterStatistics as BroadcasterStatistics
 from .broadcast._broadcaster import Channel as Channel
+from .broadcast._history import Publication as Publication
+from .broadcast._history import StreamPosition as StreamPosition
+from .broadcast._history import SubscribeResult as SubscribeResult
 from .client._health import HealthState as HealthState
 from .client._health import HealthStatus as HealthStatus
 from .client._health import PoolStatistics as PoolStatistics
@@ -76,11 +79,14 @@ __all__ = [
     "PoolClosed",
     "PoolStatistics",
     "PoolTimeout",
+    "Publication",
     "RedisBackend",
     "RequestRejected",
     "Server",
     "ShardStatistics",
     "SocketStatistics",
+    "StreamPosition",
+    "SubscribeResult",
     "TokenAuth",
     "WebSocketManager",
     "WebSocketPool",

@@ -14,6 +14,7 @@ from ..broadcast._backend import Backend as Backend
 from ..broadcast._backend import BackendStatistics as BackendStatistics
 from ..broadcast._backend import Receiver as Receiver
 from ..broadcast._backend import ShardStatistics as ShardStatistics
+from ..broadcast._history import HistoryPage as HistoryPage
 from ..broadcast._memory import MemoryBackend as MemoryBackend
 from ..broadcast._memory import MemoryHub as MemoryHub
 from ..broadcast._redis import RedisBackend as RedisBackend
@@ -21,6 +22,7 @@ from ..broadcast._redis import RedisBackend as RedisBackend
 __all__ = [
     "Backend",
     "BackendStatistics",
+    "HistoryPage",
     "MemoryBackend",
     "MemoryHub",
     "Receiver",

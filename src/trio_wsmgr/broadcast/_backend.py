@@ -25,6 +25,20 @@ nothing about sockets, channels or the wire format; the
     has confirmed; while disconnected, record and return at once. Never raise
     for an outage.
 
+Channel history (optional; ``supports_history = True`` says a backend has it):
+
+``publish_history(topic, inner, size=, ttl=)``
+    Append ``inner`` to the topic's history (at most ``size`` entries; the whole
+    history expires ``ttl`` seconds after its last append) and send it to the
+    subscribed nodes as a *positioned* message (see :mod:`._history`), in ONE
+    atomic step, so every node sees the publications in position order. Return
+    the :class:`~trio_wsmgr.StreamPosition` it got; offsets go up by one; a
+    lost history (restart, expiry) starts a new random epoch at offset 1.
+``read_history(topic, after=, limit=, size=, ttl=)``
+    A :class:`HistoryPage`: the epoch, the newest and the oldest kept offset,
+    and up to ``limit`` entries after offset ``after`` (``None``: the newest
+    ones), oldest first.
+
 The Broadcaster calls ``subscribe``/``unsubscribe`` from one task only, never
 concurrently with each other, and only with topics whose state changes (a
 topic is subscribed while the node has at least one local subscriber to it).
@@ -35,10 +49,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Collection
-from typing import TypeAlias
+from typing import ClassVar, TypeAlias
 
 import attrs
 import trio
+
+from ._history import HistoryPage, StreamPosition
 
 #: ``receive(topic, data)``: what :meth:`Backend.run` calls for each incoming message.
 Receiver: TypeAlias = Callable[[str, bytes], None]
@@ -112,6 +128,21 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     async def unsubscribe(self, topics: Collection[str]) -> None:
         """Stop receiving ``topics``."""
+
+    #: whether :meth:`publish_history` and :meth:`read_history` are implemented
+    supports_history: ClassVar[bool] = False
+
+    async def publish_history(
+        self, topic: str, inner: bytes, *, size: int, ttl: float
+    ) -> StreamPosition:
+        """Append to ``topic``'s history and publish, positioned, atomically."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no channel history")
+
+    async def read_history(
+        self, topic: str, *, after: int | None, limit: int, size: int, ttl: float
+    ) -> HistoryPage:
+        """Read ``topic``'s history: up to ``limit`` entries after offset ``after``."""
+        raise NotImplementedError(f"{type(self).__name__} keeps no channel history")
 
     def statistics(self) -> BackendStatistics | None:
         """A snapshot of the backend's state, or None if this backend cannot tell.

@@ -23,6 +23,7 @@ sent as is)::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import struct
@@ -42,7 +43,20 @@ from ..protocol._message import Outgoing
 from ..server._fanout import ON_FULL_CHOICES, OnFull, check_on_full, deliver, deliver_nowait
 from ..server._manager import WebSocketManager
 from ..server._socket import ManagedSocket
+from . import _recovery
 from ._backend import Backend, BackendStatistics
+from ._history import (
+    NO_HISTORY,
+    POSITIONED,
+    ChannelStream,
+    Cursor,
+    Envelope,
+    HistoryOptions,
+    Publication,
+    StreamPosition,
+    SubscribeResult,
+    split_positioned,
+)
 from ._memory import MemoryBackend
 
 #: the longest channel name accepted
@@ -205,6 +219,9 @@ class BroadcasterStatistics:
     inbox_dropped: int
     #: backend messages that were not in this wire format, ignored
     malformed: int
+    #: publications of channels with history that this node missed live (its inbox
+    #: was full, the backend reconnected) and delivered from the history instead
+    gap_fills: int
     #: the backend's own snapshot (None if the backend does not report one)
     backend: BackendStatistics | None
 
@@ -254,14 +271,17 @@ class Broadcaster:
     _synced_lot: trio.lowlevel.ParkingLot = attrs.field(
         init=False, factory=trio.lowlevel.ParkingLot
     )
-    _inbox: trio.MemorySendChannel[tuple[str, _Wire]] | None = attrs.field(init=False, default=None)
+    _inbox: trio.MemorySendChannel[tuple[str, _Inboxed]] | None = attrs.field(
+        init=False, default=None
+    )
+    _streams: dict[str, ChannelStream] = attrs.field(init=False, factory=dict)
     _state: str = attrs.field(init=False, default="new")
     _lifetime_cm: Any = attrs.field(init=False, default=None)
     _counts: dict[str, int] = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         names = "broadcasts local_deliveries published publish_failures received"
-        names += " remote_deliveries echoes inbox_dropped malformed"
+        names += " remote_deliveries echoes inbox_dropped malformed gap_fills"
         self._counts = dict.fromkeys(names.split(), 0)
 
     def __repr__(self) -> str:
@@ -277,13 +297,89 @@ class Broadcaster:
 
     # -- channels (sync) ----------------------------------------------------------------
 
-    def create_channel(self, name: str) -> Channel:
-        """The :class:`Channel` called ``name``, created if needed (idempotent)."""
+    def create_channel(
+        self,
+        name: str,
+        *,
+        history_size: int | None = None,
+        history_ttl: float = math.inf,
+        envelope: Envelope | None = None,
+    ) -> Channel:
+        """The :class:`Channel` called ``name``, created if needed (idempotent).
+
+        ``history_size``: keep the last that many publications, so a client that
+        reconnects can :meth:`subscribe` ``since`` its last position and miss
+        nothing (see :doc:`/howto/recovery`); ``history_ttl``: seconds the
+        history is kept after the channel's last publication (``math.inf``:
+        always); ``envelope(channel, position, message)``: what subscribers
+        receive (default: the JSON text ``{"channel", "epoch", "offset",
+        "data"}``). Every node must create the channel with the same options.
+        Without ``history_size`` the channel has no history, no envelope and
+        no extra cost.
+        """
         name = check_channel_name(name)
+        if history_size is None:
+            if history_ttl != math.inf or envelope is not None:
+                raise ValueError("history_ttl and envelope need history_size")
+        else:
+            options = HistoryOptions(history_size, history_ttl, envelope)
+            if not self.backend.supports_history:
+                raise ValueError(
+                    f"history_size: {type(self.backend).__name__} keeps no channel history"
+                )
+            stream = self._streams.get(name)
+            if stream is None or stream.options != options:
+                if stream is not None and self._members.get(name):
+                    raise ValueError(f"channel {name!r} has subscribers: its history is set")
+                self._streams[name] = ChannelStream(name, options)
         channel = self._channels.get(name)
         if channel is None:
             channel = self._channels[name] = Channel(self, name)
         return channel
+
+    def _stream(self, name: str) -> ChannelStream:
+        """The history state of ``name`` (a default one for channels set up by other nodes)."""
+        stream = self._streams.get(name)
+        if stream is None:
+            options = HistoryOptions(_DEFAULT_HISTORY, math.inf, None)
+            stream = self._streams[name] = ChannelStream(name, options)
+        return stream
+
+    # -- history -------------------------------------------------------------------------
+
+    async def history(
+        self,
+        channel: str | Channel,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 100,
+    ) -> list[Publication]:
+        """Publications of ``channel`` (oldest first), at most ``limit`` of them.
+
+        ``since=None``: the newest ones; else those after ``since`` (when
+        ``since`` is of another epoch, the history it belonged to is gone, and
+        this returns the newest ones too: compare with :meth:`position`).
+        Raises :class:`~trio_wsmgr.BackendUnavailable` when the backend is down.
+        """
+        self._check_running()
+        stream = self._history_of(channel)
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be an int >= 0, not {limit!r}")
+        if since is not None and not isinstance(since, StreamPosition):
+            raise TypeError(f"since must be a StreamPosition, not {since!r}")
+        return await _recovery.history(self, stream, since, limit)
+
+    async def position(self, channel: str | Channel) -> StreamPosition:
+        """The position of ``channel``'s newest publication (offset 0: none yet)."""
+        self._check_running()
+        return await _recovery.position(self, self._history_of(channel))
+
+    def _history_of(self, channel: str | Channel) -> ChannelStream:
+        name = _channel_name(channel)
+        stream = self._streams.get(name)
+        if stream is None:
+            raise ValueError(f"channel {name!r} has no history: create_channel(history_size=...)")
+        return stream
 
     def channels(self) -> list[str]:
         """Names of the created channels and of those with local subscribers."""
@@ -332,23 +428,68 @@ class Broadcaster:
             inbox=inbox,
             inbox_dropped=counts["inbox_dropped"],
             malformed=counts["malformed"],
+            gap_fills=counts["gap_fills"],
             backend=self.backend.statistics(),
         )
 
     # -- subscriptions -------------------------------------------------------------------
 
-    async def subscribe(self, sock: ManagedSocket, channel: str | Channel) -> None:
+    async def subscribe(
+        self,
+        sock: ManagedSocket,
+        channel: str | Channel,
+        *,
+        since: StreamPosition | None = None,
+    ) -> SubscribeResult:
         """Add ``sock`` to ``channel`` (created if needed); idempotent.
 
         Returns once the node receives the channel from other nodes (the backend
         confirmed the subscription), or at once while the backend is down (it
         subscribes when it reconnects). ``sock`` leaves every channel by itself
         when it closes.
+
+        On a channel with history, ``since`` (the last position the client
+        saw) first sends ``sock`` every publication after it, in order, once,
+        before any newer live one; the :class:`SubscribeResult` says whether
+        that was possible (``recovered``) and the ``position`` to resume from.
+        A subscribe with history that is cancelled leaves ``sock`` out of the
+        channel; one without history still takes effect (the backend's
+        confirmation is what it waited for).
         """
         self._check_running()
         name = _channel_name(channel)
         if not isinstance(sock, ManagedSocket):
             raise TypeError(f"subscribe() takes a ManagedSocket, not {sock!r}")
+        stream = self._streams.get(name)
+        if since is not None:
+            if not isinstance(since, StreamPosition):
+                raise TypeError(f"since must be a StreamPosition, not {since!r}")
+            if stream is None:
+                raise ValueError(f"since: channel {name!r} has no history")
+        if stream is not None:
+            return await self._subscribe_history(sock, stream, since)
+        self._add(sock, name)
+        await self._wait_synced(self._requested)
+        return NO_HISTORY
+
+    async def _subscribe_history(
+        self, sock: ManagedSocket, stream: ChannelStream, since: StreamPosition | None
+    ) -> SubscribeResult:
+        name = stream.name
+        if sock.id in self._members.get(name, {}):
+            return SubscribeResult(False, await _recovery.position(self, stream))
+        stream.cursors[sock.id] = Cursor()  # held back until the replay is done
+        self._add(sock, name)
+        try:
+            await self._wait_synced(self._requested)
+            return await _recovery.recover(self, sock, stream, since)
+        except BaseException:
+            if stream.cursors.get(sock.id) is not None:
+                self._remove(sock, name)  # a half replay must not turn into a gap
+                self._forget_if_idle(sock)
+            raise
+
+    def _add(self, sock: ManagedSocket, name: str) -> None:
         members = self._members.setdefault(name, {})
         if sock.id not in members:
             members[sock.id] = sock
@@ -359,26 +500,33 @@ class Broadcaster:
             if len(members) == 1:
                 self._changed.add(name)
                 self._request_sync()
-        await self._wait_synced(self._requested)
 
     async def unsubscribe(self, sock: ManagedSocket, channel: str | Channel) -> None:
         """Remove ``sock`` from ``channel``; nothing happens if it was not subscribed."""
         self._check_running()
         name = _channel_name(channel)
         self._remove(sock, name)
+        self._forget_if_idle(sock)
+        await self._wait_synced(self._requested)
+
+    def _forget_if_idle(self, sock: ManagedSocket) -> None:
         names = self._memberships.get(sock.id)
         if names is not None and not names:
             del self._memberships[sock.id]
             sock.remove_close_callback(self._on_close)
-        await self._wait_synced(self._requested)
 
     def _remove(self, sock: ManagedSocket, name: str) -> None:
         members = self._members.get(name)
         if members is None or members.pop(sock.id, None) is None:
             return
         self._memberships.get(sock.id, set()).discard(name)
+        stream = self._streams.get(name)
+        if stream is not None:
+            stream.cursors.pop(sock.id, None)
         if not members:
             del self._members[name]
+            if stream is not None:
+                stream.last = None  # the node stops receiving: no gap to fill later
             self._changed.add(name)
             self._request_sync()
 
@@ -430,6 +578,11 @@ class Broadcaster:
                 "or use a channel per audience to reach other nodes"
             )
         check_on_full(on_full)
+        stream = self._streams.get(name)
+        if stream is not None:
+            if local_only:
+                raise ValueError("local_only: a channel with history publishes through its backend")
+            return await _recovery.publish(self, stream, message, on_full, _ids(exclude))
         outgoing = Outgoing(message)
         await trio.lowlevel.checkpoint_if_cancelled()
         skip = _ids(exclude)
@@ -522,11 +675,14 @@ class Broadcaster:
 
     def _receive(self, topic: str, data: bytes) -> None:
         """The backend's callback: decide synchronously, queue without waiting."""
-        wire = decode_wire(data)
+        # history: own publications are delivered from here too, in position order
+        wire: _Inboxed | None = (
+            split_positioned(data) if data[:1] == POSITIONED else decode_wire(data)
+        )
         if wire is None:
             self._counts["malformed"] += 1
             return
-        if wire.node == self._node:
+        if isinstance(wire, _Wire) and wire.node == self._node:
             self._counts["echoes"] += 1
             return
         self._counts["received"] += 1
@@ -538,8 +694,11 @@ class Broadcaster:
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self._counts["inbox_dropped"] += 1
 
-    async def _run_inbox(self, inbox: trio.MemoryReceiveChannel[tuple[str, _Wire]]) -> None:
+    async def _run_inbox(self, inbox: trio.MemoryReceiveChannel[tuple[str, _Inboxed]]) -> None:
         async for topic, wire in inbox:
+            if not isinstance(wire, _Wire):  # a channel with history: in position order
+                await _recovery.deliver_positioned(self, self._stream(topic), *wire)
+                continue
             if wire.user_id is not None:
                 sockets = self._user_sockets(wire.user_id)
             else:
@@ -610,7 +769,7 @@ class Broadcaster:
 
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[Broadcaster]:
-        send, receive = trio.open_memory_channel[tuple[str, _Wire]](self.inbox_size)
+        send, receive = trio.open_memory_channel[tuple[str, _Inboxed]](self.inbox_size)
         try:
             with unwrap_single_group(), send, receive:
                 async with trio.open_nursery() as nursery:
@@ -637,6 +796,12 @@ class Broadcaster:
                 sock.remove_close_callback(self._on_close)
         self._members.clear()
         self._memberships.clear()
+
+
+#: history size assumed for a channel with history that this node did not create
+_DEFAULT_HISTORY: Final = 100
+
+_Inboxed = _Wire | tuple[StreamPosition, bytes]
 
 
 def _ids(exclude: ManagedSocket | Collection[ManagedSocket] | None) -> frozenset[int]:

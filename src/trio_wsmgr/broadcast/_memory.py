@@ -17,6 +17,7 @@ import trio
 
 from .._exceptions import BackendUnavailable
 from ._backend import Backend, BackendStatistics, Receiver
+from ._history import HistoryPage, Ring, StreamPosition, encode_positioned
 
 
 @attrs.define(eq=False)
@@ -32,6 +33,7 @@ class MemoryHub:
     #: messages published through the hub (successful ones)
     published: int = attrs.field(init=False, default=0)
     _members: dict[str, set[MemoryBackend]] = attrs.field(init=False, factory=dict, repr=False)
+    _rings: dict[str, Ring] = attrs.field(init=False, factory=dict, repr=False)
 
     def subscribers(self, topic: str) -> int:
         """How many backends are subscribed to ``topic`` (Redis' PUBSUB NUMSUB)."""
@@ -52,6 +54,32 @@ class MemoryHub:
                 members.discard(backend)
                 if not members:
                     del self._members[topic]
+
+    # -- history: a ring per channel (see trio_wsmgr.broadcast._history) --
+
+    def _ring(self, topic: str, now: float) -> Ring:
+        ring = self._rings.get(topic)
+        if ring is None or ring.expires <= now:  # never published, or expired: a new epoch
+            ring = self._rings[topic] = Ring()
+        return ring
+
+    def _publish_history(self, topic: str, inner: bytes, size: int, ttl: float) -> StreamPosition:
+        if not self.available:
+            raise BackendUnavailable("the memory hub is unavailable", delivered=0)
+        now = trio.current_time()
+        ring = self._ring(topic, now)
+        offset = ring.append(inner, size=size, ttl=ttl, now=now)
+        self._publish(topic, encode_positioned(ring.epoch, offset, inner))
+        return StreamPosition(ring.epoch, offset)
+
+    def _read_history(self, topic: str, after: int | None, limit: int) -> HistoryPage:
+        if not self.available:
+            raise BackendUnavailable("the memory hub is unavailable", delivered=0)
+        return self._ring(topic, trio.current_time()).read(after, limit)
+
+    def forget_history(self) -> None:
+        """Lose every channel's history (what a Redis restart without persistence does)."""
+        self._rings.clear()
 
     def _publish(self, topic: str, data: bytes) -> None:
         if not self.available:
@@ -109,6 +137,29 @@ class MemoryBackend(Backend):
             raise
         self._counts["published"] += 1
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    supports_history = True
+
+    async def publish_history(
+        self, topic: str, inner: bytes, *, size: int, ttl: float
+    ) -> StreamPosition:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            position = self.hub._publish_history(topic, inner, size, ttl)
+        except BackendUnavailable:
+            self._counts["publish_failures"] += 1
+            raise
+        self._counts["published"] += 1
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return position
+
+    async def read_history(
+        self, topic: str, *, after: int | None, limit: int, size: int, ttl: float
+    ) -> HistoryPage:
+        await trio.lowlevel.checkpoint_if_cancelled()
+        page = self.hub._read_history(topic, after, limit)
+        await trio.lowlevel.cancel_shielded_checkpoint()
+        return page
 
     async def subscribe(self, topics: Collection[str]) -> None:
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -39,7 +39,9 @@ import trio
 from .._backoff import Backoff
 from .._exceptions import BackendUnavailable
 from .._validators import seconds
+from . import _redis_history
 from ._backend import Backend, BackendStatistics, Receiver
+from ._history import HistoryPage, StreamPosition
 from ._redis_cluster import ClusterPubSub
 from ._redis_resp import Credentials, key_slot
 
@@ -359,6 +361,54 @@ class RedisBackend(Backend):
             self._counts["publish_failures"] += 1
             raise
         self._counts["published"] += 1
+
+    # -- channel history: a Redis Stream per channel (see _redis_history) ----------
+
+    supports_history = True
+
+    async def publish_history(
+        self, topic: str, inner: bytes, *, size: int, ttl: float
+    ) -> StreamPosition:
+        channel = self.prefix + topic
+        args = _redis_history.publish_args(channel, inner, size=size, ttl=ttl, sharded=self.cluster)
+        try:
+            reply = await self._history_script(_redis_history.PUBLISH_SCRIPT, channel, args)
+        except BackendUnavailable:
+            self._counts["publish_failures"] += 1
+            raise
+        self._counts["published"] += 1
+        return _redis_history.parse_position(reply)
+
+    async def read_history(
+        self, topic: str, *, after: int | None, limit: int, size: int, ttl: float
+    ) -> HistoryPage:
+        channel = self.prefix + topic
+        args = _redis_history.read_args(after, limit, ttl)
+        reply = await self._history_script(_redis_history.READ_SCRIPT, channel, args)
+        return _redis_history.parse_page(reply, after)
+
+    async def _history_script(self, source: str, channel: str, args: list[Any]) -> Any:
+        keys = _redis_history.keys(channel)
+        if self.cluster:  # on the master of the channel's slot, where its keys live too
+            cluster = self._cluster
+            if cluster is None:
+                await trio.lowlevel.checkpoint()
+                raise BackendUnavailable(
+                    f"not connected to the Redis Cluster at {_redact(self.url)}", delivered=0
+                )
+            slot = key_slot(channel.encode())
+            return await cluster.execute(slot, b"EVAL", source, len(keys), *keys, *args)
+        client = self._client
+        if client is None or self._pubsub is None:
+            await trio.lowlevel.checkpoint()
+            raise BackendUnavailable(f"not connected to Redis at {_redact(self.url)}", delivered=0)
+        try:
+            with trio.fail_after(self.command_timeout):
+                return await _redis_history.run_script(client, source, keys, args)
+        except Exception as exc:
+            raise BackendUnavailable(
+                f"channel history on Redis at {_redact(self.url)} failed: {exc!r}", delivered=0
+            ) from exc
 
     async def subscribe(self, topics: Collection[str]) -> None:
         new = [topic for topic in topics if topic not in self._topics]

@@ -1,0 +1,461 @@
+"""Channel history and recovery: positions, envelopes, replay without gap or duplicate.
+
+The same cases run on the in-process MemoryBackend (nodes share a MemoryHub) and
+on a real redis-server (nodes share it). Subscribers are real ``websockets``
+clients; a test node subscribes a client ``since`` the position it passes in
+the query and answers with the :class:`SubscribeResult` before the envelopes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import attrs
+import pytest
+import trio
+import trio.lowlevel
+import trio.testing
+from websockets.trio.client import ClientConnection, connect
+
+from redis_cluster import RedisCluster
+from redis_server import redis_server_fixture  # noqa: F401
+from test_broadcaster import Engine, LoopbackBackend, MemoryEngine, RedisEngine
+from trio_wsmgr import (
+    Broadcaster,
+    ManagedSocket,
+    MemoryBackend,
+    Publication,
+    StreamPosition,
+    WebSocketManager,
+)
+from trio_wsmgr.broadcast._history import (
+    ChannelStream,
+    Cursor,
+    HistoryOptions,
+    Ring,
+    encode_inner,
+    encode_positioned,
+    split_positioned,
+)
+
+WAIT = 10.0
+NEWS = {"history_size": 1000}
+
+
+@pytest.fixture(params=["memory", "redis"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    if request.param == "memory":
+        return MemoryEngine()
+    return RedisEngine(request.getfixturevalue("redis_server"))
+
+
+# -- plain synchronous parts ----------------------------------------------------------------
+
+
+def test_a_positioned_message_round_trips() -> None:
+    inner = encode_inner(b"node0001", "drop", [7, 9], b'{"a":1}')
+    data = encode_positioned("ab12", 17, inner)
+    assert split_positioned(data) == (StreamPosition("ab12", 17), inner)
+
+
+@pytest.mark.parametrize(
+    "data", [b"\x02", b"\x02ab 17", b"\x02ab x y", b"\x02 17 x", b"\x02ab 0 x"]
+)
+def test_a_malformed_positioned_message_is_refused(data: bytes) -> None:
+    assert split_positioned(data) is None
+
+
+def test_the_ring_keeps_history_size_entries_and_says_where_it_starts() -> None:
+    ring = Ring()
+    for n in range(1, 8):
+        assert ring.append(b"%d" % n, size=3, ttl=math.inf, now=0.0) == n
+    page = ring.read(None, 2)
+    assert (page.top, page.first, page.entries) == (7, 5, [(6, b"6"), (7, b"7")])
+    assert ring.read(4, 10).entries == [(5, b"5"), (6, b"6"), (7, b"7")]
+    assert ring.read(6, 10).entries == [(7, b"7")]
+    assert ring.read(7, 10).entries == []
+    assert ring.read(5, 0).entries == []
+
+
+def test_a_replaying_socket_is_held_back_then_skips_what_the_replay_sent() -> None:
+    stream = ChannelStream("news", HistoryOptions(10, math.inf, None))
+    members = [(1, "live"), (2, "catching-up")]
+    stream.cursors[2] = cursor = Cursor()
+    assert stream.route(members, StreamPosition("e", 5)) == ["live"]
+    assert cursor.seen == StreamPosition("e", 5)
+    cursor.epoch, cursor.offset, cursor.replaying = "e", 6, False  # the replay sent up to 6
+    assert stream.route(members, StreamPosition("e", 6)) == ["live"]
+    assert stream.route(members, StreamPosition("e", 7)) == ["live", "catching-up"]
+    assert stream.cursors == {}
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "option"),
+    [
+        ({"history_size": 0}, ValueError, "history_size"),
+        ({"history_size": 1.5}, TypeError, "history_size"),
+        ({"history_size": 10, "history_ttl": 0}, ValueError, "history_ttl"),
+        ({"history_size": 10, "history_ttl": "1"}, TypeError, "history_ttl"),
+        ({"history_size": 10, "envelope": "json"}, TypeError, "envelope"),
+        ({"history_ttl": 5.0}, ValueError, "history_size"),
+    ],
+)
+def test_history_options_are_validated(
+    options: dict[str, Any], error: type[Exception], option: str
+) -> None:
+    with pytest.raises(error, match=option):
+        Broadcaster().create_channel("news", **options)
+
+
+def test_a_backend_without_history_is_refused_at_create_channel() -> None:
+    with pytest.raises(ValueError, match=r"history_size.*LoopbackBackend"):
+        Broadcaster(backend=LoopbackBackend()).create_channel("news", history_size=10)
+
+
+def test_stream_positions_are_validated() -> None:
+    with pytest.raises(TypeError, match="epoch"):
+        StreamPosition(1, 2)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="offset"):
+        StreamPosition("e", -1)
+
+
+# -- nodes and clients ------------------------------------------------------------------------
+
+
+@attrs.define(eq=False)
+class Node:
+    manager: WebSocketManager
+    broadcaster: Broadcaster
+    port: int = 0
+    sockets: dict[str, ManagedSocket] = attrs.field(factory=dict)
+
+    async def handler(self, sock: ManagedSocket) -> None:
+        query = {key: values[0] for key, values in parse_qs(urlsplit(sock.path).query).items()}
+        self.sockets[query["name"]] = sock
+        since = None
+        if "epoch" in query:
+            since = StreamPosition(query["epoch"], int(query["offset"]))
+        result = await self.broadcaster.subscribe(sock, query["ch"], since=since)
+        position = result.position
+        await sock.send(
+            {
+                "type": "subscribed",
+                "recovered": result.recovered,
+                "epoch": None if position is None else position.epoch,
+                "offset": None if position is None else position.offset,
+            }
+        )
+        async for message in sock:  # "say:<text>": broadcast from this socket, excluding it
+            await self.broadcaster.broadcast(query["ch"], str(message)[4:], exclude=sock)
+
+
+@asynccontextmanager
+async def history_node(backend: Any, **channels: dict[str, Any]) -> AsyncIterator[Node]:
+    manager = WebSocketManager(close_timeout=1.0)
+    node = Node(manager, Broadcaster(backend=backend))
+    for name, options in channels.items():
+        node.broadcaster.create_channel(name, **options)
+    async with node.broadcaster, trio.open_nursery() as nursery:
+        server = await nursery.start(manager.serve, node.handler, "127.0.0.1", 0)
+        node.port = server.port
+        try:
+            yield node
+        finally:
+            with trio.CancelScope(shield=True):
+                await manager.close()
+            nursery.cancel_scope.cancel()
+
+
+@attrs.define
+class Reader:
+    """A client's view: what subscribe answered, then the envelopes."""
+
+    ws: ClientConnection
+    result: dict[str, Any]
+    #: the replay: envelopes that came before the result
+    early: list[dict[str, Any]]
+
+    async def envelope(self) -> dict[str, Any]:
+        if self.early:
+            return self.early.pop(0)
+        with trio.fail_after(WAIT):
+            message = json.loads(await self.ws.recv())
+        assert set(message) == {"channel", "epoch", "offset", "data"}, message
+        return message
+
+    async def envelopes(self, count: int) -> list[dict[str, Any]]:
+        return [await self.envelope() for _ in range(count)]
+
+
+@asynccontextmanager
+async def reader(
+    node: Node, name: str, channel: str = "news", since: StreamPosition | None = None
+) -> AsyncIterator[Reader]:
+    url = f"ws://127.0.0.1:{node.port}/?name={name}&ch={channel}"
+    if since is not None:
+        url += f"&epoch={since.epoch}&offset={since.offset}"
+    async with connect(url, open_timeout=WAIT) as ws:
+        early = []
+        with trio.fail_after(WAIT):
+            while (message := json.loads(await ws.recv())).get("type") != "subscribed":
+                early.append(message)
+        yield Reader(ws, message, early)
+
+
+@asynccontextmanager
+async def two_history_nodes(engine: Engine, **channels: Any) -> AsyncIterator[tuple[Node, Node]]:
+    channels = channels or {"news": NEWS}
+    async with (
+        history_node(engine.backend(), **channels) as a,
+        history_node(engine.backend(), **channels) as b,
+    ):
+        yield a, b
+
+
+# -- the contract on both engines -------------------------------------------------------------
+
+
+async def test_publications_get_consecutive_positions_in_the_default_envelope(
+    engine: Engine,
+) -> None:
+    async with two_history_nodes(engine) as (a, b), reader(a, "x") as x:
+        assert x.result == {
+            "type": "subscribed",
+            "recovered": False,
+            "epoch": x.result["epoch"],
+            "offset": 0,
+        }
+        epoch = x.result["epoch"]
+        for n in range(3):
+            await b.broadcaster.broadcast("news", {"n": n})
+        got = await x.envelopes(3)
+        assert got == [
+            {"channel": "news", "epoch": epoch, "offset": n + 1, "data": {"n": n}} for n in range(3)
+        ]
+        assert await a.broadcaster.position("news") == StreamPosition(epoch, 3)
+        assert await b.broadcaster.history("news") == [
+            Publication(StreamPosition(epoch, n + 1), {"n": n}) for n in range(3)
+        ]
+        since = StreamPosition(epoch, 1)
+        assert [p.data for p in await a.broadcaster.history("news", since=since, limit=1)] == [
+            {"n": 1}
+        ]
+
+
+async def test_a_subscriber_that_reconnects_gets_what_it_missed_in_order_once(
+    engine: Engine,
+) -> None:
+    async with two_history_nodes(engine) as (a, b):
+        async with reader(a, "x") as x:
+            await b.broadcaster.broadcast("news", "before")
+            last = await x.envelope()
+        for n in range(5):  # x is away
+            await b.broadcaster.broadcast("news", f"missed {n}")
+        since = StreamPosition(last["epoch"], last["offset"])
+        async with reader(a, "x", since=since) as x:
+            assert x.result["recovered"] is True
+            assert x.result["offset"] == 6
+            await b.broadcaster.broadcast("news", "live")
+            got = await x.envelopes(6)
+            assert [m["data"] for m in got] == [f"missed {n}" for n in range(5)] + ["live"]
+            assert [m["offset"] for m in got] == list(range(2, 8))
+
+
+async def test_a_position_older_than_the_history_is_not_recovered(engine: Engine) -> None:
+    async with two_history_nodes(engine, news={"history_size": 3}) as (a, b):
+        for n in range(6):
+            await b.broadcaster.broadcast("news", n)
+        position = await a.broadcaster.position("news")
+        assert [p.data for p in await a.broadcaster.history("news")] == [3, 4, 5]
+        too_old = StreamPosition(position.epoch, 1)  # 2 is gone: a gap, not a recovery
+        async with reader(a, "x", since=too_old) as x:
+            assert (x.result["recovered"], x.result["offset"]) == (False, 6)
+            await b.broadcaster.broadcast("news", "next")
+            assert (await x.envelope())["offset"] == 7  # nothing replayed, live from here
+        just_in = StreamPosition(position.epoch, 4)  # 5, 6 and 7 are kept
+        async with reader(a, "y", since=just_in) as y:
+            assert y.result["recovered"] is True
+            assert [m["data"] for m in await y.envelopes(3)] == [4, 5, "next"]
+        other_epoch = StreamPosition("not-this-one", 6)
+        async with reader(a, "z", since=other_epoch) as z:
+            assert z.result["recovered"] is False
+
+
+async def test_the_sender_excluded_on_a_channel_with_history(engine: Engine) -> None:
+    async with two_history_nodes(engine) as (a, _), reader(a, "x") as x, reader(a, "y") as y:
+        await x.ws.send("say:from x")
+        assert (await y.envelope())["data"] == "from x"
+        await y.ws.send("say:from y")
+        assert (await x.envelope())["data"] == "from y"  # x never got its own
+
+
+async def test_a_channel_without_history_is_unchanged(engine: Engine) -> None:
+    async with two_history_nodes(engine) as (a, b), reader(a, "x", channel="plain") as x:
+        assert x.result == {"type": "subscribed", "recovered": False, "epoch": None, "offset": None}
+        await b.broadcaster.broadcast("plain", {"raw": True})
+        with trio.fail_after(WAIT):
+            assert json.loads(await x.ws.recv()) == {"raw": True}  # no envelope
+        with pytest.raises(ValueError, match="no history"):
+            await a.broadcaster.history("plain")
+
+
+async def test_a_custom_envelope_shapes_the_message() -> None:
+    def envelope(channel: str, position: StreamPosition, message: Any) -> Any:
+        return f"{channel}#{position.offset}:{message}"
+
+    options = {"history_size": 5, "envelope": envelope}
+    async with history_node(MemoryBackend(), news=options) as a, reader(a, "x") as x:
+        await a.broadcaster.broadcast("news", "hi")
+        with trio.fail_after(WAIT):
+            assert await x.ws.recv() == "news#1:hi"
+
+
+async def test_a_lost_history_starts_a_new_epoch_and_is_not_recovered(engine: Engine) -> None:
+    async with two_history_nodes(engine) as (a, b):
+        await b.broadcaster.broadcast("news", "old")
+        before = await a.broadcaster.position("news")
+        if isinstance(engine, MemoryEngine):
+            engine.hub.forget_history()
+        else:
+            assert isinstance(engine, RedisEngine)
+            await engine.go_down()  # no persistence: the history dies with it
+            await engine.come_back()
+        with trio.fail_after(WAIT):  # the nodes reconnect by themselves
+            while True:
+                try:
+                    after = await a.broadcaster.position("news")
+                    break
+                except Exception:  # BackendUnavailable while reconnecting
+                    await trio.sleep(0.05)
+        assert after.epoch != before.epoch
+        assert after.offset == 0
+        async with reader(a, "x", since=before) as x:
+            assert (x.result["recovered"], x.result["epoch"]) == (False, after.epoch)
+            await b.broadcaster.broadcast("news", "new")
+            message = await x.envelope()
+            assert (message["epoch"], message["offset"], message["data"]) == (after.epoch, 1, "new")
+
+
+async def test_the_history_expires_ttl_after_the_last_publication(autojump_clock: Any) -> None:
+    async with Broadcaster() as broadcaster:
+        broadcaster.create_channel("news", history_size=5, history_ttl=60.0)
+        await broadcaster.broadcast("news", 1)
+        first = await broadcaster.position("news")
+        await trio.sleep(59)
+        await broadcaster.broadcast("news", 2)
+        await trio.sleep(59)
+        assert await broadcaster.position("news") == StreamPosition(first.epoch, 2)
+        await trio.sleep(2)
+        later = await broadcaster.position("news")
+        assert later.epoch != first.epoch
+        assert later.offset == 0
+        assert await broadcaster.history("news") == []
+
+
+# -- exact delivery under concurrency ------------------------------------------------------------
+
+
+async def _exact_delivery_run(engine: Engine, seed: int, *, size: int) -> int:
+    """Two nodes publish; subscribers reconnect at random points with ``since``.
+
+    Every subscriber's sequence must be gap-free and duplicate-free across its
+    reconnects, except right after a subscribe that said ``recovered=False``.
+    """
+    rng = random.Random(seed)
+    per_node = 60
+    total = 2 * per_node
+    gaps: list[str] = []
+    finished: list[str] = []
+    async with two_history_nodes(engine, news={"history_size": size}) as nodes:
+
+        async def publish(node: Node, tag: str) -> None:
+            for n in range(per_node):
+                await node.broadcaster.broadcast("news", f"{tag}{n}")
+                if rng.random() < 0.3:
+                    await trio.lowlevel.checkpoint()  # let others interleave
+
+        async def subscriber(name: str) -> None:
+            last: StreamPosition | None = None
+            recovered = True
+
+            def take(message: dict[str, Any]) -> None:
+                nonlocal last
+                assert last is not None
+                same = message["epoch"] == last.epoch
+                assert not (same and message["offset"] <= last.offset), ("duplicate", name)
+                if not same or message["offset"] != last.offset + 1:
+                    assert not recovered, ("a gap after recovered=True", name, last, message)
+                    gaps.append(name)
+                last = StreamPosition(message["epoch"], message["offset"])
+
+            rounds = rng.randint(2, 4)
+            for round in range(rounds):
+                final = round == rounds - 1
+                wanted = total if final else rng.randint(1, 25)
+                node = rng.choice(nodes)
+                async with reader(node, name, since=last) as r:
+                    recovered = r.result["recovered"]
+                    answer = StreamPosition(r.result["epoch"], r.result["offset"])
+                    early, r.early = r.early, []
+                    if last is None:  # a first subscribe: from where its envelopes start
+                        start = early[0]["offset"] - 1 if early else answer.offset
+                        last = StreamPosition(answer.epoch, start)
+                    replayed = [
+                        m
+                        for m in early
+                        if m["epoch"] == answer.epoch and m["offset"] <= answer.offset
+                    ]
+                    for message in replayed:
+                        take(message)
+                    if not recovered and (
+                        last.epoch != answer.epoch or answer.offset > last.offset
+                    ):
+                        gaps.append(name)  # announced: the client refetches its state
+                        last = answer
+                    for message in early[len(replayed) :]:
+                        take(message)
+                    for _ in range(wanted):
+                        if last.offset == total:
+                            break
+                        take(await r.envelope())
+            finished.append(name)
+
+        async with trio.open_nursery() as nursery:
+            for index, node in enumerate(nodes):
+                nursery.start_soon(publish, node, "ab"[index])
+            for n in range(4):
+                nursery.start_soon(subscriber, f"s{n}")
+    assert len(finished) == 4
+    return len(gaps)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+async def test_reconnecting_subscribers_see_no_gap_and_no_duplicate(
+    engine: Engine, seed: int
+) -> None:
+    assert await _exact_delivery_run(engine, seed, size=1000) == 0  # all recovered
+
+
+async def test_reconnecting_with_a_short_history_announces_each_gap(engine: Engine) -> None:
+    await _exact_delivery_run(engine, 4, size=5)  # gaps allowed, each one announced
+
+
+@pytest.mark.redis_cluster
+async def test_history_on_a_redis_cluster(redis_cluster: RedisCluster) -> None:
+    cluster = RedisEngine(redis_cluster)
+    channel = f"news-{random.randrange(1 << 30)}"  # the cluster is shared by the session
+    async with two_history_nodes(cluster, **{channel: NEWS}) as (a, b):
+        async with reader(a, "x", channel) as x:
+            await b.broadcaster.broadcast(channel, "one")
+            first = await x.envelope()
+        await b.broadcaster.broadcast(channel, "two")
+        since = StreamPosition(first["epoch"], first["offset"])
+        async with reader(a, "x", channel, since=since) as x:
+            assert x.result["recovered"] is True
+            assert (await x.envelope())["data"] == "two"
