@@ -119,11 +119,19 @@ def ws_url(demo: Demo, name: str | None = None) -> str:
     return url if name is None else f"{url}?name={name}"
 
 
+def unwrap(raw: str | bytes) -> dict[str, Any]:
+    """A message from the demo; a room's messages come in a history envelope (unwrapped)."""
+    message = json.loads(raw)
+    if "type" not in message and {"epoch", "offset", "data"} <= message.keys():
+        return dict(message["data"])
+    return dict(message)
+
+
 async def expect(ws: ClientConnection, kind: str, **fields: Any) -> dict[str, Any]:
     """Read until a message of type ``kind`` with ``fields`` arrives (others are skipped)."""
     with trio.fail_after(WAIT):
         while True:
-            message = json.loads(await ws.recv())
+            message = unwrap(await ws.recv())
             if message["type"] == kind and all(message.get(k) == v for k, v in fields.items()):
                 return dict(message)
 
@@ -232,6 +240,51 @@ async def test_a_message_reaches_everyone_in_the_room_and_no_one_else() -> None:
         assert (await expect(carol, "message"))["text"] == "elsewhere"
         await alice.send(json.dumps({"type": "say", "text": "second"}))
         assert (await expect(bob, "message"))["text"] == "second"  # not "elsewhere"
+
+
+async def envelopes_until_joined(ws: ClientConnection) -> tuple[list[Any], dict[str, Any]]:
+    """The envelopes (the replay) that arrive before ``joined``, and ``joined``."""
+    replay = []
+    with trio.fail_after(WAIT):
+        while True:
+            message = json.loads(await ws.recv())
+            if message.get("type") == "joined":
+                return replay, message
+            if "offset" in message:
+                replay.append(message)
+
+
+async def test_a_page_that_comes_back_gets_what_it_missed_in_order_once() -> None:
+    async with running_demo() as demo, chatter(demo, "alice", "lobby") as alice:
+        async with chatter(demo, "bob", "lobby") as bob:
+            await alice.send(json.dumps({"type": "say", "text": "before"}))
+            while "offset" not in (seen := json.loads(await bob.recv())):
+                pass
+            assert seen["data"]["text"] == "before"
+        for n in range(3):  # bob is away
+            await alice.send(json.dumps({"type": "say", "text": f"missed {n}"}))
+            await expect(alice, "message", text=f"missed {n}")
+        since = {"epoch": seen["epoch"], "offset": seen["offset"]}
+        async with connect(ws_url(demo, "bob"), open_timeout=WAIT) as bob:
+            await expect(bob, "welcome")
+            await bob.send(json.dumps({"type": "join", "room": "lobby", "since": since}))
+            replay, joined = await envelopes_until_joined(bob)
+            assert [m["data"]["text"] for m in replay] == [f"missed {n}" for n in range(3)]
+            assert [m["offset"] for m in replay] == [seen["offset"] + n for n in (1, 2, 3)]
+            assert joined["recovered"] is True
+            assert joined["offset"] == seen["offset"] + 3
+
+
+async def test_a_page_whose_position_is_gone_is_told_so() -> None:
+    async with running_demo() as demo, connect(ws_url(demo, "eve"), open_timeout=WAIT) as eve:
+        await expect(eve, "welcome")
+        since = {"epoch": "from-another-life", "offset": 7}
+        await eve.send(json.dumps({"type": "join", "room": "lobby", "since": since}))
+        replay, joined = await envelopes_until_joined(eve)
+        assert (replay, joined["recovered"]) == ([], False)
+        assert joined["epoch"] != "from-another-life"
+        await eve.send(json.dumps({"type": "join", "room": "trio", "since": "junk"}))
+        assert (await expect(eve, "joined"))["room"] == "trio"  # a bad since is ignored
 
 
 async def test_the_welcome_names_the_user_and_says_whether_compression_is_on() -> None:
@@ -438,7 +491,7 @@ def test_two_demo_processes_share_rooms_through_redis(redis_server: RedisServer)
             while json.loads(ws.recv(timeout=WAIT)).get("type") != "joined":
                 pass
         alice.send(json.dumps({"type": "say", "text": "from process one"}))
-        while (message := json.loads(bob.recv(timeout=WAIT)))["type"] != "message":
+        while (message := unwrap(bob.recv(timeout=WAIT)))["type"] != "message":
             pass
         assert message["text"] == "from process one"
         assert message["user"] == "alice"

@@ -11,16 +11,22 @@ screenshot used in the README and the docs.
 from __future__ import annotations
 
 import os
+import queue
 import shutil
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+import trio
 
 from conftest import require
 from test_demo import DemoProcess, demo_process
+from trio_wsmgr import CloseCode
+from trio_wsmgr._demo import run_demo
 
 pytestmark = pytest.mark.browser
 
@@ -67,11 +73,18 @@ def browser(profile: Path) -> Iterator[Any]:
 @contextmanager
 def page_of(context: Any, demo: DemoProcess, name: str) -> Iterator[Any]:
     """A page whose console errors and uncaught exceptions fail the test."""
+    with page_at(context, demo.url, name) as page:
+        yield page
+
+
+@contextmanager
+def page_at(context: Any, url: str, name: str) -> Iterator[Any]:
+    """The demo page at ``url`` as ``name``; console errors and uncaught exceptions fail."""
     page = context.new_page()
     problems: list[str] = []
     page.on("console", lambda msg: msg.type == "error" and problems.append(msg.text))
     page.on("pageerror", lambda exc: problems.append(str(exc)))
-    page.goto(f"{demo.url}?name={name}")
+    page.goto(f"{url}?name={name}")
     yield page
     assert problems == [], f"{name}'s page logged errors: {problems}"
 
@@ -152,3 +165,120 @@ def test_the_page_sees_1001_going_away_when_the_demo_is_stopped(tmp_path: Path) 
         expect(page.locator("body")).to_have_attribute("data-state", "closed")
         expect(page.locator("#status")).to_contain_text("server going away")  # code 1001
     assert status == 0
+
+
+@contextmanager
+def demo_in_thread() -> Iterator[tuple[str, Callable[[str], None], Callable[[], None]]]:
+    """The demo served by a thread of this process: its URL, ``cut(user)``, ``lose()``.
+
+    ``cut`` drops every WebSocket of ``user`` on the server side (close 1012 and
+    TCP gone at once), as a restarting proxy would; ``lose`` drops every room's
+    history, as a Redis restarted without persistence would.
+    """
+    ready: queue.Queue[Any] = queue.Queue()
+
+    async def serve() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            demo = await nursery.start(partial(run_demo, listeners))
+            stop = trio.Event()
+            ready.put((demo, trio.lowlevel.current_trio_token(), stop))
+            await stop.wait()
+            await demo.close()
+
+    def main() -> None:
+        try:
+            trio.run(serve)
+        except BaseException as exc:  # reported to the test instead of a thread traceback
+            ready.put(exc)
+
+    thread = threading.Thread(target=main, name="demo", daemon=True)
+    thread.start()
+    started = ready.get(timeout=TIMEOUT_MS / 1000)
+    if isinstance(started, BaseException):
+        raise started
+    demo, token, stop = started
+
+    def cut(user: str) -> None:
+        async def abort() -> int:
+            sockets = demo.manager.get_user_sockets(user)
+            for sock in sockets:
+                await sock.abort(CloseCode.SERVICE_RESTART, "cut by the test")
+            return len(sockets)
+
+        assert trio.from_thread.run(abort, trio_token=token) == 1
+
+    def lose() -> None:
+        trio.from_thread.run_sync(demo.broadcaster.backend.hub.forget_history, trio_token=token)
+
+    try:
+        yield demo.url, cut, lose
+    finally:
+        trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(TIMEOUT_MS / 1000)
+
+
+def test_a_page_cut_off_comes_back_and_shows_what_it_missed_exactly_once(tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with (
+        demo_in_thread() as (url, cut, _),
+        browser(tmp_path / "profile") as context,
+        page_at(context, url, "alice") as alice,
+        page_at(context, url, "bob") as bob,
+    ):
+        for page in (alice, bob):
+            join_room(page, "resume")
+        expect(alice.locator("#users li[data-user='bob']")).to_be_visible()
+        alice.fill("#message-input", "before the cut")
+        alice.press("#message-input", "Enter")
+        texts = bob.locator("#messages .message .text")
+        expect(texts).to_have_text(["before the cut"])
+
+        # bob's next reconnection waits 3 to 5 s (the page's own back-off, 4th step)
+        bob.evaluate("state.retries = 3")
+        cut("bob")
+        expect(bob.locator("body")).to_have_attribute("data-state", "closed")
+        missed = [f"missed {n}" for n in range(1, 6)]
+        for text in missed:
+            alice.fill("#message-input", text)
+            alice.press("#message-input", "Enter")
+            expect(alice.locator("#messages .message .text").last).to_have_text(text)
+        assert bob.locator("body").get_attribute("data-state") == "closed"  # truly away
+
+        expect(bob.locator("body")).to_have_attribute("data-state", "open")
+        expect(texts).to_have_text(["before the cut", *missed])  # in order, each once
+        expect(bob.locator("#messages .gap")).to_have_count(0)
+        alice.fill("#message-input", "after")
+        alice.press("#message-input", "Enter")
+        expect(texts).to_have_text(["before the cut", *missed, "after"])
+
+
+def test_a_page_whose_missed_messages_are_lost_shows_the_gap(tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    with (
+        demo_in_thread() as (url, cut, lose),
+        browser(tmp_path / "profile") as context,
+        page_at(context, url, "alice") as alice,
+        page_at(context, url, "bob") as bob,
+    ):
+        for page in (alice, bob):
+            join_room(page, "lossy")
+        expect(alice.locator("#users li[data-user='bob']")).to_be_visible()
+        alice.fill("#message-input", "before the cut")
+        alice.press("#message-input", "Enter")
+        texts = bob.locator("#messages .message .text")
+        expect(texts).to_have_text(["before the cut"])
+        bob.evaluate("state.retries = 3")  # 3 to 5 s before bob tries again
+        cut("bob")
+        expect(bob.locator("body")).to_have_attribute("data-state", "closed")
+        lose()  # the history bob would resume from is gone
+        alice.fill("#message-input", "lost for bob")
+        alice.press("#message-input", "Enter")
+        expect(alice.locator("#messages .message .text").last).to_have_text("lost for bob")
+        expect(bob.locator("body")).to_have_attribute("data-state", "open")
+        expect(bob.locator("#messages .gap")).to_have_count(1)  # said, not hidden
+        alice.fill("#message-input", "later")
+        alice.press("#message-input", "Enter")
+        expect(texts).to_have_text(["before the cut", "later"])

@@ -32,6 +32,7 @@ from trio_wsmgr import (
     MemoryBackend,
     Publication,
     StreamPosition,
+    SubscribeResult,
     WebSocketManager,
 )
 from trio_wsmgr.broadcast._history import (
@@ -459,3 +460,16 @@ async def test_history_on_a_redis_cluster(redis_cluster: RedisCluster) -> None:
         async with reader(a, "x", channel, since=since) as x:
             assert x.result["recovered"] is True
             assert (await x.envelope())["data"] == "two"
+
+
+async def test_a_socket_that_closes_during_its_subscribe_is_not_an_error() -> None:
+    async with history_node(MemoryBackend(), news=NEWS) as a:
+        async with connect(f"ws://127.0.0.1:{a.port}/?name=x&ch=plain", open_timeout=WAIT) as ws:
+            with trio.fail_after(WAIT):
+                await ws.recv()  # subscribed to "plain"
+            sock = a.sockets["x"]
+        await sock.wait_closed()
+        result = await a.broadcaster.subscribe(sock, "news")  # closed: left at once
+        assert result == SubscribeResult(recovered=False, position=None)
+        assert a.broadcaster.create_channel("news").subscriber_count == 0
+        assert a.broadcaster.create_channel("news", **NEWS).subscriber_count == 0

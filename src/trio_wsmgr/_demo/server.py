@@ -3,15 +3,20 @@
 The page (``static/``) and the server speak JSON objects with a ``type``:
 
 =========  ==========================================================================
-client     ``{"type": "join", "room": "lobby"}``, ``{"type": "say", "text": "hi"}``
+client     ``{"type": "join", "room": "lobby", "since": null}``, ``{"type": "say", "text": "hi"}``
 server     ``welcome`` (your name, this node, default rooms, compression on or not),
-           ``joined``, ``message`` (room, user, text, time), ``presence`` (one
+           ``joined`` (room, recovered, epoch, offset), ``message`` (room, user,
+           text, time: inside a history envelope), ``presence`` (one
            node's roster of a room), ``stats`` (counts and your heartbeat RTT),
            ``error``
 =========  ==========================================================================
 
-Each socket is in at most one room; room ``x`` is Broadcaster channel ``room:x``,
-so with a Redis backend every node running the demo shares the rooms. Rosters
+Each socket is in at most one room; room ``x`` is Broadcaster channel ``room:x``
+(rosters) plus ``chat:x``, a channel with history for the messages, so with a
+Redis backend every node running the demo shares the rooms. The page resumes
+after a reconnect: it joins with ``since``, its last ``{"epoch", "offset"}``,
+and gets the messages it missed before the live ones (``joined`` says whether
+that was possible: ``recovered``). Rosters
 are per node: each node broadcasts the users it has in a room (from the
 manager's user index) whenever that changes and every ``presence_interval``
 (so a page joining on another node sees them within that time); pages merge
@@ -38,12 +43,15 @@ import trio
 from .._exceptions import BackendUnavailable, ConnectionClosed, RequestRejected
 from ..backends import Backend
 from ..broadcast._broadcaster import Broadcaster
+from ..broadcast._history import StreamPosition
 from ..server._auth import HandshakeRequest
 from ..server._manager import Server, WebSocketManager
 from ..server._socket import ManagedSocket
 from ._http import HttpFront, Resource
 
 DEFAULT_ROOMS: Final = ("lobby", "random", "trio")
+#: messages each room keeps for pages that reconnect
+ROOM_HISTORY: Final = 200
 MAX_TEXT: Final = 500
 _NAME = re.compile(r"[\w.-]{1,20}")
 _ROOM = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
@@ -98,6 +106,23 @@ def parse_request(raw: str | bytes) -> dict[str, Any]:
 
 def channel_of(room: str) -> str:
     return f"room:{room}"
+
+
+def chat_of(room: str) -> str:
+    """The channel with history that carries a room's messages."""
+    return f"chat:{room}"
+
+
+def position_of(value: object) -> StreamPosition | None:
+    """A ``since`` from the page: ``{"epoch": str, "offset": int}``, else None."""
+    if not isinstance(value, dict):
+        return None
+    epoch, offset = value.get("epoch"), value.get("offset")
+    if not isinstance(epoch, str) or not 0 < len(epoch) <= 64:
+        return None
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        return None
+    return StreamPosition(epoch, offset)
 
 
 def _ms(seconds: float) -> float | None:
@@ -192,27 +217,44 @@ class ChatServer:
             request = parse_request(raw)
             kind = request.get("type")
             if kind == "join":
-                await self._join(sock, request.get("room"))
+                await self._join(sock, request.get("room"), position_of(request.get("since")))
             elif kind == "say":
                 await self._say(sock, request.get("text"))
             else:
                 await sock.send({"type": "error", "message": "expected a join or say object"})
 
-    async def _join(self, sock: ManagedSocket, value: object) -> None:
+    async def _join(
+        self, sock: ManagedSocket, value: object, since: StreamPosition | None = None
+    ) -> None:
         room = room_name(value)
         if room is None:
             await sock.send({"type": "error", "message": "room names: a-z, 0-9 and -, 1 to 32"})
             return
         old = sock.metadata.get("room")
+        chat = self.broadcaster.create_channel(chat_of(room), history_size=ROOM_HISTORY)
         if old != room:
             sock.metadata["room"] = None  # in neither roster while (un)subscribing
             if old is not None:
                 await self.broadcaster.unsubscribe(sock, channel_of(old))
+                await self.broadcaster.unsubscribe(sock, chat_of(old))
             await self.broadcaster.subscribe(sock, channel_of(room))
+            # sends what the page missed since its last position, then the live ones
+            result = await self.broadcaster.subscribe(sock, chat, since=since)
             sock.metadata["room"] = room
             self._changed(old)  # only now: the rosters are computed from metadata
             self._changed(room)
-        await sock.send({"type": "joined", "room": room})
+        else:
+            result = await self.broadcaster.subscribe(sock, chat)
+        position = result.position
+        await sock.send(
+            {
+                "type": "joined",
+                "room": room,
+                "recovered": result.recovered,
+                "epoch": None if position is None else position.epoch,
+                "offset": None if position is None else position.offset,
+            }
+        )
 
     async def _say(self, sock: ManagedSocket, value: object) -> None:
         room = sock.metadata.get("room")
@@ -228,7 +270,7 @@ class ChatServer:
             "time": time.time(),
         }
         try:
-            await self.broadcaster.broadcast(channel_of(room), message)
+            await self.broadcaster.broadcast(chat_of(room), message)
         except BackendUnavailable:
             await sock.send({"type": "error", "message": "other nodes were not reached"})
 

@@ -559,6 +559,12 @@ class Broadcaster:
         ``filter(sock)``: a predicate on local sockets; it cannot run on other
         nodes, so it needs ``local_only=True``. ``local_only``: do not publish.
 
+        On a channel with history the message must be a JSON value; the
+        backend gives it its position, and local subscribers get it, like other
+        nodes' ones, from the node's ordered delivery: the count is then those
+        subscribed (less ``exclude``) when it was published. ``local_only``
+        and ``filter`` do not apply there (:exc:`ValueError`).
+
         ``channel`` is a name or a :class:`Channel`. Raises
         :class:`~trio_wsmgr.MessageEncodingError` before sending anything if the
         message cannot be encoded, and :class:`~trio_wsmgr.BackendUnavailable`

@@ -171,7 +171,9 @@ async def recover(
     since: StreamPosition | None,
 ) -> SubscribeResult:
     """Replay the history after ``since`` to ``sock`` (already a member, held back)."""
-    cursor = stream.cursors[sock.id]
+    cursor = stream.cursors.get(sock.id)
+    if cursor is None:  # the socket closed meanwhile and left the channel
+        return SubscribeResult(recovered=False, position=None)
     if since is None:
         page = await read(broadcaster, stream, None, 0)
     else:

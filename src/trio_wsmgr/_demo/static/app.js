@@ -1,6 +1,9 @@
 // The trio-wsmgr demo page: plain JavaScript, no build step, no dependencies.
 // It speaks JSON with /ws: it sends {type: "join", room} and {type: "say", text};
 // it receives welcome, joined, message, presence, stats and error objects.
+// A room's messages come in history envelopes {channel, epoch, offset, data}: after
+// a drop the page reconnects by itself (jittered back-off), joins again "since" the
+// last position it showed, and the server sends what it missed, in order, once.
 "use strict";
 
 const DEFAULT_ROOM = "lobby";
@@ -18,6 +21,8 @@ const state = {
   rosters: new Map(), // node id -> {users: [{name, sockets}], expires: ms}
   retries: 0,
   retryTimer: null,
+  shownRoom: null, // the room whose messages are on screen
+  position: null, // {epoch, offset} of the last message shown (of shownRoom)
 };
 
 function roomFromHash() {
@@ -52,6 +57,10 @@ function connect() {
     } catch {
       return;
     }
+    if (data && typeof data.offset === "number" && "epoch" in data && "data" in data) {
+      onEnvelope(data);
+      return;
+    }
     const handler = handlers[data.type];
     if (handler) handler(data);
   });
@@ -78,7 +87,26 @@ function send(message) {
 
 function join(room) {
   state.wantedRoom = room;
-  send({ type: "join", room });
+  // Resume the room on screen from its last position; a new room starts fresh.
+  const since = room === state.shownRoom ? state.position : null;
+  send({ type: "join", room, since });
+}
+
+// A message of the room, in a history envelope: show it once, in order, and show
+// a gap the history could not fill as such.
+function onEnvelope(envelope) {
+  const last = state.position;
+  if (last && last.epoch === envelope.epoch && envelope.offset <= last.offset) return;
+  if (last && (last.epoch !== envelope.epoch || envelope.offset !== last.offset + 1)) {
+    gapLine();
+  }
+  state.position = { epoch: envelope.epoch, offset: envelope.offset };
+  const data = envelope.data;
+  if (data && data.type === "message") handlers.message(data);
+}
+
+function gapLine() {
+  systemLine("Some messages were lost while you were away and cannot be shown.", "gap");
 }
 
 // -- what the server says ---------------------------------------------------------
@@ -97,13 +125,22 @@ const handlers = {
   },
 
   joined(data) {
+    const resumed = data.room === state.shownRoom;
     if (data.room !== state.room) {
       state.room = data.room;
       state.rooms.add(data.room);
       state.rosters.clear();
-      $("messages").replaceChildren();
+      if (!resumed) {
+        $("messages").replaceChildren();
+        state.shownRoom = data.room;
+        state.position = null;
+      }
       history.replaceState(null, "", "#" + data.room);
-      systemLine(`You joined #${data.room} as ${state.me}.`);
+      systemLine(resumed ? `Back in #${data.room}.` : `You joined #${data.room} as ${state.me}.`);
+      if (resumed && state.position && !data.recovered) gapLine();
+    }
+    if (data.epoch !== null && (!state.position || !data.recovered)) {
+      state.position = { epoch: data.epoch, offset: data.offset };
     }
     $("room-title").textContent = "#" + data.room;
     $("room-heading").textContent = "#" + data.room;
@@ -112,7 +149,7 @@ const handlers = {
   },
 
   message(data) {
-    if (data.room !== state.room) return;
+    if (data.room !== state.shownRoom) return;
     const item = document.createElement("li");
     item.className = data.user === state.me ? "message mine" : "message";
     const time = document.createElement("time");
