@@ -35,6 +35,7 @@ from .. import _border
 from .._backoff import Backoff
 from .._config import CloseCode
 from .._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
+from .._util import unwrap_single_group
 from .._validators import count, instance_of, seconds
 from ..protocol._compression import Compression, PerMessageDeflate
 from ._health import (
@@ -297,18 +298,8 @@ class WebSocketPool:
         with trio.move_on_after(self.close_timeout, shield=True):
             await self._all_closed.wait()
         self._nursery.cancel_scope.cancel()
-        try:
+        with unwrap_single_group():
             return bool(await self._nursery_manager.__aexit__(exc_type, exc, tb))
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) != 1:
-                raise
-            only = group.exceptions[0]
-            context = only.__context__
-            try:
-                raise only
-            finally:
-                only.__context__ = context  # as it was before the group wrapped it
-                del only
 
     # -- the spec's methods -------------------------------------------------------------------
 

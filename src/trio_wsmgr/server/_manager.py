@@ -17,6 +17,7 @@ import trio_websocket
 from .. import _border
 from .._config import CloseCode
 from .._exceptions import ConnectionClosed, RequestRejected
+from .._util import unwrap_single_group
 from .._validators import count, instance_of, limit, optional_callable, rate, seconds, str_tuple
 from ..protocol._compression import Compression
 from ..protocol._message import DeflateCompressor, Outgoing
@@ -289,7 +290,7 @@ class WebSocketManager:
         buffered = BufferedStream(stream, unread=initial_data)
         heartbeat = HeartbeatHost()
         try:
-            with self._connection_scope() as scope, _unwrap_single_group():
+            with self._connection_scope() as scope, unwrap_single_group():
                 async with _background_nursery(heartbeat) as nursery:
                     buffered.attach(nursery)
                     sock = await self._handshake(buffered, nursery, heartbeat)
@@ -387,7 +388,7 @@ class WebSocketManager:
         _border.set_max_message_size(conn, int(self.max_message_size))
         buffered = _border.adopt_stream(conn, BufferedStream, BufferedStream)
         heartbeat = HeartbeatHost()
-        with self._connection_scope() as scope, _unwrap_single_group():
+        with self._connection_scope() as scope, unwrap_single_group():
             async with _background_nursery(heartbeat) as nursery:
                 buffered.attach(nursery)
                 sock: ManagedSocket | None = None
@@ -693,15 +694,3 @@ async def _shielded_nursery(
         async with trio.open_nursery() as nursery:
             task_status.started(nursery)
             await heartbeat.run()  # keeps the nursery open until it is cancelled
-
-
-@contextmanager
-def _unwrap_single_group() -> Iterator[None]:
-    """Re-raise the one real error of a nursery instead of an ExceptionGroup of one."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1:
-            inner = group.exceptions[0]
-            raise inner from inner.__cause__
-        raise
