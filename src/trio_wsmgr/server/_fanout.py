@@ -88,17 +88,39 @@ def deliver_nowait(
 
 
 async def deliver(sockets: Iterable[ManagedSocket], outgoing: Outgoing, on_full: OnFull) -> int:
-    """Queue ``outgoing`` on ``sockets``; return on how many it was queued."""
+    """Queue ``outgoing`` on ``sockets``; return on how many it was queued.
+
+    Cancel-atomic as far as a fan-out can be: a call cancelled before it queued
+    the message anywhere raises :class:`trio.Cancelled` and queued nothing; once
+    one socket has it the broadcast has happened, so a cancellation while
+    waiting for full sockets (``on_full="wait"``) stops the wait, counts the
+    sockets still full as dropped, and returns the count. The caller's next
+    checkpoint raises the cancellation (its scope stays cancelled).
+    """
+    await trio.lowlevel.checkpoint_if_cancelled()
     queued, full = deliver_nowait(sockets, outgoing, on_full)
     if not full:
-        await trio.lowlevel.checkpoint()
+        await trio.lowlevel.cancel_shielded_checkpoint()
         return queued
     deadline = trio.current_time() + full[0]._manager.slow_consumer_timeout
-    for sock in full:
+    for index, sock in enumerate(full):
         try:
             if await sock._wait_room(deadline):
                 sock._put(outgoing)
                 queued += 1
         except ConnectionClosed:
             continue
+        except trio.Cancelled:
+            if not queued:
+                raise  # nothing happened anywhere: the call did not happen
+            _drop(full[index:])
+            return queued
     return queued
+
+
+def _drop(sockets: list[ManagedSocket]) -> None:
+    """Count a broadcast as dropped on ``sockets`` (a cancelled wait for their room)."""
+    for sock in sockets:
+        if not sock.closed:
+            sock._dropped += 1
+            sock._manager._count_dropped(1)

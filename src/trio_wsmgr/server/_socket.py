@@ -204,12 +204,16 @@ class ManagedSocket:
         Waits while the send buffer is full. If it stays full for
         ``slow_consumer_timeout`` the socket is closed with 1008 and
         :class:`~trio_wsmgr.ConnectionClosed` is raised.
+
+        Cancel-atomic, as trio's channels are: if it returns the message was
+        queued; if it raises :class:`trio.Cancelled` it was not.
         """
         outgoing = Outgoing(message)
+        await trio.lowlevel.checkpoint_if_cancelled()
         if not await self._wait_room(trio.current_time() + self._manager.slow_consumer_timeout):
             raise ConnectionClosed(self.close_code, self.close_reason)
-        self._put(outgoing)
-        await trio.lowlevel.checkpoint()
+        self._put(outgoing)  # synchronous: nothing can cancel it half way
+        await trio.lowlevel.cancel_shielded_checkpoint()
 
     def send_nowait(self, message: Any) -> None:
         """Queue ``message`` without waiting; :class:`trio.WouldBlock` if the buffer is full."""
