@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.testing
 import trio_websocket
 from websockets.exceptions import ConnectionClosed as WsClosed
 from websockets.exceptions import InvalidStatus
@@ -20,6 +21,7 @@ from websockets.trio.client import connect
 
 from trio_wsmgr import (
     Compression,
+    ConnectionClosed,
     ManagedSocket,
     RequestRejected,
     TokenAuth,
@@ -667,6 +669,36 @@ async def test_accept_manages_sockets_from_a_trio_websocket_server() -> None:
         await manager.close()
         nursery.cancel_scope.cancel()
     assert manager.get_active_connections() == 0
+
+
+async def test_accept_answers_a_handshake_timeout_with_a_real_408(autojump_clock: Any) -> None:
+    async def slow_auth(request: object) -> str:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    manager = quiet(authentication=slow_auth, connection_timeout=5)
+    raised: list[BaseException] = []
+    client, server = trio.testing.memory_stream_pair()
+
+    async def serve_one() -> None:
+        request = await trio_websocket.wrap_server_stream(nursery, server)
+        try:
+            async with manager.accept(request):
+                raise AssertionError("admitted")
+        except (RequestRejected, ConnectionClosed) as exc:
+            raised.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_one)
+        peer = Peer(client)
+        with trio.fail_after(60):
+            assert await peer.handshake() == 408  # the peer really got a 408...
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert len(raised) == 1
+    assert isinstance(raised[0], RequestRejected)  # ...and only then is RequestRejected(408) raised
+    assert raised[0].status_code == 408
+    assert manager.statistics().rejected == {"timeout": 1}
 
 
 # -- options -----------------------------------------------------------------------------------

@@ -92,6 +92,12 @@ def adopt_stream(
     return stream
 
 
+def handshake_unanswered(request: trio_websocket.WebSocketRequest) -> bool:
+    """Whether no answer (101 or refusal) to ``request`` has been started yet."""
+    conn = connection_of(request)
+    return bool(conn._wsproto.state is ConnectionState.CONNECTING)
+
+
 def set_max_message_size(conn: trio_websocket.WebSocketConnection, size: int) -> None:
     """Apply the manager's ``max_message_size`` to a connection made elsewhere."""
     conn._max_message_size = size

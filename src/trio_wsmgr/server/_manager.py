@@ -383,6 +383,11 @@ class WebSocketManager:
         request gets its HTTP answer and :class:`~trio_wsmgr.RequestRejected` is
         raised. ``user_id`` / ``subprotocol`` override authentication and
         negotiation; ``extra_headers`` go into the 101 response.
+
+        A handshake that does not finish within ``connection_timeout`` gets a
+        real 408 and raises :class:`~trio_wsmgr.RequestRejected` (408); if the
+        answer was already being written, the connection is dropped and
+        :class:`~trio_wsmgr.ConnectionClosed` (1006) is raised instead.
         """
         conn = _border.connection_of(request)
         _border.set_max_message_size(conn, int(self.max_message_size))
@@ -404,8 +409,7 @@ class WebSocketManager:
                         metadata=metadata,
                     )
                 if sock is None:
-                    self._reject_count("timeout")
-                    raise RequestRejected(408, "handshake timed out")
+                    await self._timed_out(request, buffered)
                 code: int = CloseCode.NORMAL
                 reason = ""
                 try:
@@ -420,6 +424,25 @@ class WebSocketManager:
                     if self._closing or scope.cancel_called:
                         code, reason = self._close_code
                     await self._final_close(sock, code, reason, scope)
+
+    async def _timed_out(
+        self, request: trio_websocket.WebSocketRequest, buffered: BufferedStream
+    ) -> None:
+        """``accept()``'s handshake ran out of ``connection_timeout``: answer 408 if we can.
+
+        Nothing answered the request yet (a slow authenticator, the usual case):
+        the peer gets a real 408 and :class:`RequestRejected` (408) is raised.
+        An answer was already on its way (the peer stopped reading while we
+        wrote it): the connection is dropped and :class:`ConnectionClosed`
+        (1006) raised, since no 408 can follow a status already sent.
+        """
+        self._reject_count("timeout")
+        if _border.handshake_unanswered(request):
+            with trio.CancelScope(shield=True) as grace:
+                grace.deadline = trio.current_time() + self.close_timeout
+                await self._refuse(request, 408, "timeout", "handshake timed out", count=False)
+        buffered.abort()
+        raise ConnectionClosed(CloseCode.ABNORMAL, "handshake timed out")
 
     # -- admission ------------------------------------------------------------------
 
@@ -559,9 +582,16 @@ class WebSocketManager:
         return None
 
     async def _refuse(
-        self, request: trio_websocket.WebSocketRequest, status: int, cause: str, text: str
+        self,
+        request: trio_websocket.WebSocketRequest,
+        status: int,
+        cause: str,
+        text: str,
+        *,
+        count: bool = True,
     ) -> None:
-        self._reject_count(cause)
+        if count:
+            self._reject_count(cause)
         with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
             await request.reject(
                 status,
