@@ -761,3 +761,29 @@ async def test_infinite_limits_mean_never(autojump_clock: Any) -> None:
         assert stats.messages_in == 500
         assert (stats.rate_limited, stats.heartbeat_timeouts) == (0, 0)
         assert manager.get_active_connections() == 20
+
+
+# -- the close code a connection ends with (one rule for serve and accept) ------------------
+
+
+@pytest.mark.parametrize(
+    ("failure", "sock_closed", "expected"),
+    [
+        (None, False, 1000),
+        (ConnectionClosed(1000), True, 1000),  # ended on its own socket's close
+        (ConnectionClosed(1000), False, 1011),  # some other connection's close: its bug
+        (RuntimeError("bug"), False, 1011),
+        (KeyboardInterrupt(), False, 1011),
+    ],
+)
+async def test_a_connection_ends_with_one_close_code_rule(
+    failure: BaseException | None, sock_closed: bool, expected: int
+) -> None:
+    from types import SimpleNamespace
+
+    manager = quiet()
+    sock = SimpleNamespace(closed=sock_closed)
+    assert manager._end_code(failure, sock, trio.CancelScope())[0] == expected  # type: ignore[arg-type]
+    cancelled = trio.CancelScope()
+    cancelled.cancel()  # serve or the connection cancelled: the manager's code, whatever ended it
+    assert manager._end_code(failure, sock, cancelled)[0] == 1001  # type: ignore[arg-type]

@@ -325,25 +325,35 @@ class WebSocketManager:
     async def _run_handler(
         self, sock: ManagedSocket, handler: Handler, scope: trio.CancelScope
     ) -> None:
-        code: int = CloseCode.NORMAL
-        reason = ""
+        failure: BaseException | None = None
         try:
             await handler(sock)
-        except trio.Cancelled:
-            code, reason = self._close_code
+        except trio.Cancelled as exc:
+            failure = exc
             raise
-        except ConnectionClosed:
-            if not sock.closed:  # a handler using some other closed connection: its bug
+        except Exception as exc:
+            failure = exc
+            if not _ended_on_own_close(exc, sock):
                 logger.exception("handler for %r failed", sock)
-                code, reason = CloseCode.INTERNAL_ERROR, "internal error"
-            # else: its own socket closed under it, which is how handlers usually end
-        except Exception:
-            logger.exception("handler for %r failed", sock)
-            code, reason = CloseCode.INTERNAL_ERROR, "internal error"
         finally:
-            if self._closing:
-                code, reason = self._close_code
+            code, reason = self._end_code(failure, sock, scope)
             await self._final_close(sock, code, reason, scope)
+
+    def _end_code(
+        self, failure: BaseException | None, sock: ManagedSocket, scope: trio.CancelScope
+    ) -> tuple[int, str]:
+        """The close code a connection ends with; one rule for ``serve`` and ``accept``.
+
+        Shutting down (``manager.close()``, a cancelled ``serve`` or connection):
+        the manager's close code (1001 by default). The handler (or ``accept``
+        block) returned, or ended on its own socket's
+        :class:`~trio_wsmgr.ConnectionClosed`: 1000. Any other error: 1011.
+        """
+        if self._closing or scope.cancel_called or isinstance(failure, trio.Cancelled):
+            return self._close_code
+        if failure is None or _ended_on_own_close(failure, sock):
+            return CloseCode.NORMAL, ""
+        return CloseCode.INTERNAL_ERROR, "internal error"
 
     async def _final_close(
         self, sock: ManagedSocket, code: int, reason: str, scope: trio.CancelScope
@@ -410,19 +420,14 @@ class WebSocketManager:
                     )
                 if sock is None:
                     await self._timed_out(request, buffered)
-                code: int = CloseCode.NORMAL
-                reason = ""
+                failure: BaseException | None = None
                 try:
                     yield sock
-                except trio.Cancelled:
-                    code, reason = self._close_code
-                    raise
-                except BaseException:
-                    code, reason = CloseCode.INTERNAL_ERROR, "internal error"
+                except BaseException as exc:
+                    failure = exc
                     raise
                 finally:
-                    if self._closing or scope.cancel_called:
-                        code, reason = self._close_code
+                    code, reason = self._end_code(failure, sock, scope)
                     await self._final_close(sock, code, reason, scope)
 
     async def _timed_out(
@@ -685,6 +690,15 @@ def _decode_headers(raw: Sequence[tuple[bytes, bytes]], host: str) -> tuple[tupl
     headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
     headers.append(("host", host))
     return tuple(headers)
+
+
+def _ended_on_own_close(failure: BaseException, sock: ManagedSocket) -> bool:
+    """A handler ending on its own socket's close: how handlers usually end, not a bug.
+
+    ConnectionClosed while the socket is still open came from some other
+    connection the handler used: that is its bug.
+    """
+    return isinstance(failure, ConnectionClosed) and sock.closed
 
 
 def _remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
