@@ -87,19 +87,21 @@ async def test_a_broadcast_cancelled_while_waiting_for_a_full_socket_returns_its
         async for _ in sock:
             pass
 
-    async with open_peer(manager, idle, lockstep=True) as stuck:
-        async with open_client(manager, idle) as healthy:
-            await trio.testing.wait_all_tasks_blocked()
-            assert manager.get_active_connections() == 2
-            assert await manager.broadcast(big) == 2  # room on both: the stuck one is full now
-            assert await healthy.get_message() == big
-            delivered: int | None = None
-            with trio.move_on_after(10) as scope:
-                delivered = await manager.broadcast(big)  # waits for the stuck one, forever
-            # The healthy socket got it, so the broadcast happened: its count comes back,
-            # and the stuck socket's copy is counted as dropped.
-            assert delivered == 1
-            assert not scope.cancelled_caught  # no checkpoint after the return in the scope
-            assert await healthy.get_message() == big
-            assert manager.statistics().dropped == 1
-            _ = stuck
+    async with (
+        open_peer(manager, idle, lockstep=True) as stuck,
+        open_client(manager, idle) as healthy,
+    ):
+        await trio.testing.wait_all_tasks_blocked()
+        assert manager.get_active_connections() == 2
+        assert await manager.broadcast(big) == 2  # room on both: the stuck one is full now
+        assert await healthy.get_message() == big
+        delivered: int | None = None
+        with trio.move_on_after(10) as scope:
+            delivered = await manager.broadcast(big)  # waits for the stuck one, forever
+        # The healthy socket got it, so the broadcast happened: its count comes back,
+        # and the stuck socket's copy is counted as dropped.
+        assert delivered == 1
+        assert not scope.cancelled_caught  # no checkpoint after the return in the scope
+        assert await healthy.get_message() == big
+        assert manager.statistics().dropped == 1
+        _ = stuck

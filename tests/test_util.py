@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -9,67 +10,67 @@ import trio
 
 from trio_wsmgr._util import unwrap_single_group
 
-
-async def _fail_while_handling_another() -> None:
-    try:
-        raise KeyError("the original problem")
-    except KeyError:
-        raise ValueError("what the task raised") from None
+Task = Callable[[], Awaitable[object]]
 
 
-async def _fail_in_context() -> None:
+async def run_unwrapped(*tasks: Task) -> None:
+    """Run ``tasks`` in a nursery behind the unwrapper, as our context managers do."""
+    with unwrap_single_group():
+        async with trio.open_nursery() as nursery:
+            for task in tasks:
+                nursery.start_soon(task)
+
+
+async def fail_in_context() -> None:
     try:
         raise KeyError("the original problem")
     except KeyError:
         raise ValueError("what the task raised")  # noqa: B904 -- the implicit context is the point
 
 
+async def fail_while_handling_another() -> None:
+    try:
+        raise KeyError("the original problem")
+    except KeyError:
+        raise ValueError("what the task raised") from None
+
+
+async def fail_alone() -> None:
+    raise RuntimeError("alone")
+
+
+async def fail_nested() -> None:
+    async with trio.open_nursery() as inner:
+        inner.start_soon(fail_alone)
+
+
 async def test_the_one_error_comes_out_with_its_original_context() -> None:
     with pytest.raises(ValueError, match="what the task raised") as info:
-        with unwrap_single_group():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_fail_in_context)
+        await run_unwrapped(fail_in_context)
     assert isinstance(info.value.__context__, KeyError)  # not the ExceptionGroup
 
 
 async def test_suppressed_context_and_cause_stay_as_raised() -> None:
-    with pytest.raises(ValueError) as info:
-        with unwrap_single_group():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_fail_while_handling_another)
+    with pytest.raises(ValueError, match="what the task raised") as info:
+        await run_unwrapped(fail_while_handling_another)
     assert info.value.__cause__ is None
     assert info.value.__suppress_context__
 
 
 async def test_an_error_with_no_context_gets_none_not_the_group() -> None:
-    async def fail() -> None:
-        raise RuntimeError("alone")
-
-    with pytest.raises(RuntimeError) as info:
-        with unwrap_single_group():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(fail)
+    with pytest.raises(RuntimeError, match="alone") as info:
+        await run_unwrapped(fail_alone)
     assert info.value.__context__ is None
 
 
-async def test_nested_groups_of_one_error_are_unwrapped_but_two_errors_stay_a_group() -> None:
-    async def fail() -> None:
-        raise RuntimeError("inner")
+async def test_nested_groups_of_one_error_are_unwrapped() -> None:
+    with pytest.raises(RuntimeError, match="alone"):
+        await run_unwrapped(fail_nested)
 
-    with pytest.raises(RuntimeError, match="inner"):
-        with unwrap_single_group():
-            async with trio.open_nursery() as outer:
-                outer.start_soon(_run_nested, fail)
+
+async def test_two_errors_stay_a_group() -> None:
     with pytest.raises(BaseExceptionGroup):
-        with unwrap_single_group():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(fail)
-                nursery.start_soon(fail)
-
-
-async def _run_nested(fn: object) -> None:
-    async with trio.open_nursery() as inner:
-        inner.start_soon(fn)  # type: ignore[arg-type]
+        await run_unwrapped(fail_alone, fail_alone)
 
 
 def test_no_other_module_unwraps_groups_by_hand() -> None:
