@@ -25,7 +25,7 @@ from .._exceptions import ConnectionClosed
 from ..protocol._message import Outgoing
 
 if TYPE_CHECKING:
-    from ._manager import WebSocketManager
+    from ._context import Counters
     from ._socket import ManagedSocket
 
 OnFull: TypeAlias = Literal["wait", "drop", "close"]
@@ -48,14 +48,14 @@ def deliver_nowait(
     queued = 0
     full: list[ManagedSocket] = []
     plain: bytes | None = None  # the uncompressed frame, shared by most sockets
-    counting: WebSocketManager | None = None  # statistics go to the manager once per run
+    counting: Counters | None = None  # statistics go to the manager once per run
     count = size = 0
     for sock in sockets:
         stream = sock._stream
         if stream.closed or sock._closing:
             continue
-        manager = sock._manager
-        if stream.buffered < manager.send_buffer_size:
+        context = sock._context
+        if stream.buffered < context.send_buffer_size:
             compressor = sock._compressor
             if compressor is None:
                 if plain is None:
@@ -68,22 +68,22 @@ def deliver_nowait(
             except ConnectionClosed:
                 continue
             queued += 1
-            if manager is not counting:
+            if context.counters is not counting:
                 if counting is not None:
-                    counting._count_out(size, count)
-                counting, count, size = manager, 0, 0
+                    counting.count_out(size, count)
+                counting, count, size = context.counters, 0, 0
             count += 1
             size += len(frame)
         elif on_full == "wait":
             full.append(sock)
         elif on_full == "drop":
             sock._dropped += 1
-            sock._manager._count_dropped(1)
+            sock._context.counters.dropped += 1
         else:
-            sock._manager._count_slow_consumer()
+            sock._context.counters.slow_consumer_closes += 1
             sock.close_nowait(CloseCode.POLICY_VIOLATION, "slow consumer", discard_pending=True)
     if counting is not None:
-        counting._count_out(size, count)
+        counting.count_out(size, count)
     return queued, full
 
 
@@ -102,7 +102,7 @@ async def deliver(sockets: Iterable[ManagedSocket], outgoing: Outgoing, on_full:
     if not full:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return queued
-    deadline = trio.current_time() + full[0]._manager.slow_consumer_timeout
+    deadline = trio.current_time() + full[0]._context.slow_consumer_timeout
     for index, sock in enumerate(full):
         try:
             if await sock._wait_room(deadline):
@@ -123,4 +123,4 @@ def _drop(sockets: list[ManagedSocket]) -> None:
     for sock in sockets:
         if not sock.closed:
             sock._dropped += 1
-            sock._manager._count_dropped(1)
+            sock._context.counters.dropped += 1

@@ -78,7 +78,7 @@ class HeartbeatHost:
                     sock._ping_rtt = ping.answered_at - ping.sent_at
                     ping = None
                 elif now >= ping.deadline:
-                    sock._manager._count_heartbeat_timeout()
+                    sock._context.counters.heartbeat_timeouts += 1
                     await sock.abort(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
                     break
             if ping is None and now >= next_ping:
@@ -105,7 +105,7 @@ async def _reap(sock: ManagedSocket) -> None:
     """
     if sock._stream.closed:
         return
-    with trio.move_on_after(sock._manager.close_timeout):
+    with trio.move_on_after(sock._context.close_timeout):
         await sock.wait_closed()
     if not sock._stream.closed:
         reason = sock._conn.closed

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from contextlib import asynccontextmanager, contextmanager, suppress
 from functools import partial
 from types import MappingProxyType
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, NoReturn, TypeAlias
 
 import attrs
 import trio
@@ -22,6 +22,7 @@ from .._validators import count, instance_of, limit, optional_callable, rate, se
 from ..protocol._compression import Compression
 from ..protocol._message import DeflateCompressor, Outgoing
 from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
+from ._context import Counters, SocketContext
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
 from ._heartbeat import HeartbeatHost
 from ._listen import open_listeners
@@ -131,24 +132,21 @@ class WebSocketManager:
     _close_code: tuple[int, str] = attrs.field(
         init=False, repr=False, default=(CloseCode.GOING_AWAY, "")
     )
-    _counts: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
+    _counters: Counters = attrs.field(init=False, repr=False, factory=Counters)
+    _context: SocketContext = attrs.field(init=False, repr=False)
     _rejected: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_message_size, float):
             raise TypeError("max_message_size must be an int")
-        for key in [
-            "accepted",
-            "messages_in",
-            "messages_out",
-            "bytes_in",
-            "bytes_out",
-            "dropped",
-            "slow_consumer_closes",
-            "heartbeat_timeouts",
-            "rate_limited",
-        ]:
-            self._counts[key] = 0
+        self._context = SocketContext(
+            counters=self._counters,
+            unregister=self._registry.remove,
+            send_buffer_size=self.send_buffer_size,
+            slow_consumer_timeout=self.slow_consumer_timeout,
+            close_timeout=self.close_timeout,
+            max_messages_per_second=self.max_messages_per_second,
+        )
 
     # -- queries (the spec's getActiveConnections / getUserSockets) ---------------
 
@@ -173,20 +171,20 @@ class WebSocketManager:
         return self._closing
 
     def statistics(self) -> ManagerStatistics:
-        counts = self._counts
+        counts = self._counters
         return ManagerStatistics(
             open_sockets=len(self._registry),
             handshaking=self._registry.reserved,
-            accepted=counts["accepted"],
+            accepted=counts.accepted,
             rejected=MappingProxyType(dict(self._rejected)),
-            messages_in=counts["messages_in"],
-            messages_out=counts["messages_out"],
-            bytes_in=counts["bytes_in"],
-            bytes_out=counts["bytes_out"],
-            dropped=counts["dropped"],
-            slow_consumer_closes=counts["slow_consumer_closes"],
-            heartbeat_timeouts=counts["heartbeat_timeouts"],
-            rate_limited=counts["rate_limited"],
+            messages_in=counts.messages_in,
+            messages_out=counts.messages_out,
+            bytes_in=counts.bytes_in,
+            bytes_out=counts.bytes_out,
+            dropped=counts.dropped,
+            slow_consumer_closes=counts.slow_consumer_closes,
+            heartbeat_timeouts=counts.heartbeat_timeouts,
+            rate_limited=counts.rate_limited,
         )
 
     # -- broadcast --------------------------------------------------------------
@@ -432,7 +430,7 @@ class WebSocketManager:
 
     async def _timed_out(
         self, request: trio_websocket.WebSocketRequest, buffered: BufferedStream
-    ) -> None:
+    ) -> NoReturn:
         """``accept()``'s handshake ran out of ``connection_timeout``: answer 408 if we can.
 
         Nothing answered the request yet (a slow authenticator, the usual case):
@@ -504,7 +502,7 @@ class WebSocketManager:
                 extensions=[extension] if extension is not None else [],
             )
             sock = ManagedSocket(
-                manager=self,
+                context=self._context,
                 conn=conn,
                 stream=buffered,
                 user_id=user_id,
@@ -524,7 +522,7 @@ class WebSocketManager:
             sock._nursery = nursery
             self._registry.add(sock, address)
             registered = True
-            self._counts["accepted"] += 1
+            self._counters.accepted += 1
             if self._closing:  # close() ran during our accept: it could not see this socket
                 sock.close_nowait(*self._close_code)
             heartbeat.start(
@@ -649,37 +647,9 @@ class WebSocketManager:
                 if not self._connection_scopes:
                     self._idle.unpark_all()
 
-    # -- counters (called by sockets and fan-out) --------------------------------------
-
-    def _unregister(self, sock: ManagedSocket) -> None:
-        self._registry.remove(sock)
-
     def _reject_count(self, cause: str) -> None:
         self._rejected[cause] = self._rejected.get(cause, 0) + 1
         logger.debug("handshake refused: %s", cause)
-
-    def _count_in(self, size: int) -> None:
-        counts = self._counts
-        counts["messages_in"] += 1
-        counts["bytes_in"] += size
-
-    def _count_out(self, size: int, messages: int = 1) -> None:
-        """Count ``messages`` sent, ``size`` bytes in all (fan-out counts a broadcast at once)."""
-        counts = self._counts
-        counts["messages_out"] += messages
-        counts["bytes_out"] += size
-
-    def _count_dropped(self, messages: int) -> None:
-        self._counts["dropped"] += messages
-
-    def _count_slow_consumer(self) -> None:
-        self._counts["slow_consumer_closes"] += 1
-
-    def _count_heartbeat_timeout(self) -> None:
-        self._counts["heartbeat_timeouts"] += 1
-
-    def _count_rate_limited(self) -> None:
-        self._counts["rate_limited"] += 1
 
 
 #: handshake headers that must appear exactly once (RFC 6455 section 4.2.1)

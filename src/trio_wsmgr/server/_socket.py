@@ -7,7 +7,7 @@ import itertools
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import attrs
 import trio
@@ -17,10 +17,8 @@ from .. import _border
 from .._config import CloseCode
 from .._exceptions import ConnectionClosed
 from ..protocol._message import FrameCompressor, Outgoing
+from ._context import SocketContext
 from ._transport import BufferedStream
-
-if TYPE_CHECKING:
-    from ._manager import WebSocketManager
 
 _ids = itertools.count(1)
 logger = logging.getLogger("trio_wsmgr")
@@ -77,7 +75,7 @@ class ManagedSocket:
     def __init__(
         self,
         *,
-        manager: WebSocketManager,
+        context: SocketContext,
         conn: trio_websocket.WebSocketConnection,
         stream: BufferedStream,
         user_id: str | None,
@@ -105,7 +103,7 @@ class ManagedSocket:
         #: the close code sent or received (None while open)
         self.close_code: int | None = None
         self.close_reason: str = ""
-        self._manager = manager
+        self._context = context
         self._conn = conn
         self._stream = stream
         self._compressor = compressor
@@ -117,7 +115,7 @@ class ManagedSocket:
         self._dropped = 0
         self._ping_rtt = math.nan
         self._connected_at = trio.current_time()
-        rate = manager.max_messages_per_second
+        rate = context.max_messages_per_second
         self._rate = None if math.isinf(rate) else _TokenBucket(rate, self._connected_at)
         stream.on_close.append(self._on_transport_close)
 
@@ -179,12 +177,12 @@ class ManagedSocket:
             raise ConnectionClosed(self.close_code, self.close_reason) from exc
         self._messages_in += 1
         if self._rate is not None and not self._rate.take(trio.current_time()):
-            self._manager._count_rate_limited()
+            self._context.counters.rate_limited += 1
             self.close_nowait(CloseCode.POLICY_VIOLATION, "message rate limit exceeded")
             raise ConnectionClosed(self.close_code, self.close_reason)
         size = len(message)
         self._bytes_in += size
-        self._manager._count_in(size)
+        self._context.counters.count_in(size)
         return message
 
     def __aiter__(self) -> ManagedSocket:
@@ -210,7 +208,7 @@ class ManagedSocket:
         """
         outgoing = Outgoing(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if not await self._wait_room(trio.current_time() + self._manager.slow_consumer_timeout):
+        if not await self._wait_room(trio.current_time() + self._context.slow_consumer_timeout):
             raise ConnectionClosed(self.close_code, self.close_reason)
         self._put(outgoing)  # synchronous: nothing can cancel it half way
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -225,7 +223,7 @@ class ManagedSocket:
     def has_room(self) -> bool:
         """True if the send buffer is below its limit (a send would not wait)."""
         self._raise_if_closed()
-        return self._stream.buffered < self._manager.send_buffer_size
+        return self._stream.buffered < self._context.send_buffer_size
 
     def _raise_if_closed(self) -> None:
         if self.closed or self._conn.closed is not None:
@@ -236,7 +234,7 @@ class ManagedSocket:
         """Frame and write one message (room already checked). Synchronous."""
         frame = outgoing.frame_for(self._compressor)
         self._put_frame(frame)
-        self._manager._count_out(len(frame))
+        self._context.counters.count_out(len(frame))
 
     def _put_frame(self, frame: bytes) -> None:
         """Write one message's frame (room already checked); the caller counts it on the manager."""
@@ -254,7 +252,7 @@ class ManagedSocket:
     async def _wait_room(self, deadline: float) -> bool:
         """Wait for buffer room until ``deadline``; on timeout close 1008. True if room."""
         self._raise_if_closed()
-        limit = self._manager.send_buffer_size
+        limit = self._context.send_buffer_size
         if self._stream.buffered < limit:
             return True
         with trio.move_on_at(deadline):
@@ -262,7 +260,7 @@ class ManagedSocket:
         self._raise_if_closed()
         if self._stream.buffered < limit:
             return True
-        self._manager._count_slow_consumer()
+        self._context.counters.slow_consumer_closes += 1
         self.close_nowait(CloseCode.POLICY_VIOLATION, "slow consumer", discard_pending=True)
         return False
 
@@ -275,7 +273,7 @@ class ManagedSocket:
         TCP connection is dropped. Idempotent: a second call waits for the first.
         """
         if self._closing or self._stream.closed:
-            with trio.move_on_after(self._manager.close_timeout):
+            with trio.move_on_after(self._context.close_timeout):
                 await self._closed_event.wait()
             return
         self._start_close(code, reason)
@@ -283,7 +281,7 @@ class ManagedSocket:
 
     async def _close_started(self, code: int, reason: str) -> None:
         try:
-            with trio.move_on_after(self._manager.close_timeout):
+            with trio.move_on_after(self._context.close_timeout):
                 await self._conn.aclose(code, reason or None)
         finally:
             await self._stream.aclose()
@@ -323,7 +321,7 @@ class ManagedSocket:
 
     def _start_close(self, code: int, reason: str) -> None:
         self._closing = True
-        self._manager._unregister(self)  # a closing socket is no longer "open" to anyone
+        self._context.unregister(self)  # a closing socket is no longer "open" to anyone
         if self.close_code is None:
             self.close_code = int(code)
             self.close_reason = reason
@@ -340,7 +338,7 @@ class ManagedSocket:
         self._note_remote_close()
         if self.close_code is None:
             self.close_code = CloseCode.ABNORMAL
-        self._manager._unregister(self)
+        self._context.unregister(self)
         callbacks, self._close_callbacks = self._close_callbacks, []
         try:
             for callback in callbacks:

@@ -1,0 +1,80 @@
+"""What a managed socket needs from its manager: limits, counters, a way to unregister.
+
+Handed to every socket at construction (one shared object per manager), so the
+socket, fan-out and heartbeats never import or reach into the manager: the
+arrows point one way, ``_manager -> _socket -> _context``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Counters", "SocketContext"]
+
+
+class Counters:
+    """The manager-wide counters sockets and fan-out add to (``manager.statistics()``)."""
+
+    __slots__ = (
+        "accepted",
+        "bytes_in",
+        "bytes_out",
+        "dropped",
+        "heartbeat_timeouts",
+        "messages_in",
+        "messages_out",
+        "rate_limited",
+        "slow_consumer_closes",
+    )
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.messages_in = 0
+        self.messages_out = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.dropped = 0
+        self.slow_consumer_closes = 0
+        self.heartbeat_timeouts = 0
+        self.rate_limited = 0
+
+    def count_in(self, size: int) -> None:
+        self.messages_in += 1
+        self.bytes_in += size
+
+    def count_out(self, size: int, messages: int = 1) -> None:
+        """Count ``messages`` sent, ``size`` bytes in all (fan-out counts a broadcast at once)."""
+        self.messages_out += messages
+        self.bytes_out += size
+
+
+class SocketContext:
+    """One manager's limits, counters and unregister callback, shared by its sockets."""
+
+    __slots__ = (
+        "close_timeout",
+        "counters",
+        "max_messages_per_second",
+        "send_buffer_size",
+        "slow_consumer_timeout",
+        "unregister",
+    )
+
+    def __init__(
+        self,
+        *,
+        counters: Counters,
+        unregister: Callable[[Any], object],
+        send_buffer_size: float,
+        slow_consumer_timeout: float,
+        close_timeout: float,
+        max_messages_per_second: float,
+    ) -> None:
+        self.counters = counters
+        #: called with a socket as soon as it starts closing or its transport ends
+        self.unregister = unregister
+        self.send_buffer_size = send_buffer_size
+        self.slow_consumer_timeout = slow_consumer_timeout
+        self.close_timeout = close_timeout
+        self.max_messages_per_second = max_messages_per_second

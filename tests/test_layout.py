@@ -1,0 +1,109 @@
+"""The package's import graph has no cycles, type-checking imports included.
+
+Lower layers never import higher ones (see STYLE.md): a socket gets a narrow
+context from its manager instead of importing it. The graph is read from the
+source with :mod:`ast`, so an import under ``if TYPE_CHECKING:`` or inside a
+function counts too: a cycle there is still a knot a newcomer has to untie.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+from pathlib import Path
+
+import pytest
+
+import trio_wsmgr
+
+ROOT = Path(trio_wsmgr.__file__).parent
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+MODULES = {_module_name(path): path for path in sorted(ROOT.rglob("*.py"))}
+
+
+def _resolve(module: str, path: Path, node: ast.ImportFrom) -> list[str]:
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    if node.level:
+        base_parts = package.split(".")
+        base = ".".join(base_parts[: len(base_parts) - (node.level - 1)])
+        target = f"{base}.{node.module}" if node.module else base
+    else:
+        target = node.module or ""
+    found = []
+    for alias in node.names:
+        submodule = f"{target}.{alias.name}"
+        found.append(submodule if submodule in MODULES else target)
+    return found
+
+
+def _imports(module: str) -> set[str]:
+    path = MODULES[module]
+    targets: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.ImportFrom):
+            targets.update(_resolve(module, path, node))
+        elif isinstance(node, ast.Import):
+            targets.update(alias.name for alias in node.names)
+    return {target for target in targets if target in MODULES and target != module}
+
+
+def _edges() -> dict[str, set[str]]:
+    return {module: _imports(module) for module in MODULES}
+
+
+def _find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state:
+                found = visit(nxt)
+                if found:
+                    return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state:
+            found = visit(node)
+            if found:
+                return found
+    return None
+
+
+def test_the_import_graph_has_no_cycle() -> None:
+    cycle = _find_cycle(_edges())
+    assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_the_socket_knows_nothing_of_the_manager() -> None:
+    graph = _edges()
+    for module in ("trio_wsmgr.server._socket", "trio_wsmgr.server._fanout"):
+        assert "trio_wsmgr.server._manager" not in graph[module], module
+    assert "trio_wsmgr.server._manager" not in graph["trio_wsmgr.server._heartbeat"]
+
+
+def test_the_protocol_layer_imports_nothing_above_it() -> None:
+    for module, targets in _edges().items():
+        if module.startswith("trio_wsmgr.protocol"):
+            above = {t for t in targets if t.startswith(("trio_wsmgr.server", "trio_wsmgr.client"))}
+            assert not above, (module, above)
+
+
+@pytest.mark.parametrize("module", sorted(MODULES))
+def test_every_module_imports_on_its_own(module: str) -> None:
+    importlib.import_module(module)
