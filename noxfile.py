@@ -1,4 +1,4 @@
-"""Sessions: tests (default), lint, typecheck, docs, e2e, bench."""
+"""Sessions: tests (default), lint, typecheck, docs, e2e, bench, border_latest."""
 
 from __future__ import annotations
 
@@ -49,6 +49,19 @@ def e2e(session: nox.Session) -> None:
     """Only the browser tests (headless Chromium)."""
     session.install("-e", ".[redis,metrics]", *_group("tests"))
     session.run("pytest", "-m", "browser", *session.posargs)
+
+
+@nox.session(default=False)
+def border_latest(session: nox.Session) -> None:
+    """The border tests against the newest trio-websocket and wsproto (before widening the pins).
+
+    ``serve`` uses neither's internals; ``manager.accept`` and the client pool go
+    through ``_border.py``, which these tests pin attribute by attribute.
+    """
+    session.install("-e", ".[redis]", *_group("tests"))
+    session.install("--upgrade", "trio-websocket", "wsproto")
+    session.run("python", "-m", "pip", "show", "trio-websocket", "wsproto")
+    session.run("pytest", "tests/test_border.py", "tests/test_transport.py", *session.posargs)
 
 
 @nox.session(default=False)

@@ -32,7 +32,6 @@ CONNECTION_ATTRIBUTES = [
     "_max_message_size",
     "_initial_request",
     "_reader_task",
-    "_get_request",
     "_pings",
     "_close_reason",
 ]

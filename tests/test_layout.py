@@ -107,3 +107,35 @@ def test_the_protocol_layer_imports_nothing_above_it() -> None:
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_every_module_imports_on_its_own(module: str) -> None:
     importlib.import_module(module)
+
+
+SERVE_PATH = [
+    "trio_wsmgr.server._socket",
+    "trio_wsmgr.server._answer",
+    "trio_wsmgr.server._transport",
+    "trio_wsmgr.server._heartbeat",
+    "trio_wsmgr.server._fanout",
+    "trio_wsmgr.protocol._handshake",
+    "trio_wsmgr.protocol._reader",
+    "trio_wsmgr.protocol._frames",
+    "trio_wsmgr.protocol._message",
+]
+
+
+@pytest.mark.parametrize("module", SERVE_PATH)
+def test_the_serve_path_touches_no_dependency_internals(module: str) -> None:
+    """serve's wire is public sans-IO code: no trio-websocket, no border, no private names."""
+    tree = ast.parse(MODULES[module].read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            imported.add(node.module or "")
+            if node.module and node.module.split(".")[0] in ("wsproto", "trio", "h11"):
+                assert not any(a.name.startswith("_") for a in node.names), (module, node.module)
+            if node.level and not node.module:
+                imported.update(alias.name for alias in node.names)
+    assert "trio_websocket" not in imported, module
+    assert "_border" not in imported, module
+    assert not any(name.split(".")[0] in ("wsproto", "h11") and "._" in name for name in imported)

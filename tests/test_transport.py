@@ -25,8 +25,9 @@ from websockets.trio.client import connect
 
 from trio_wsmgr import Broadcaster, Compression, ManagedSocket, WebSocketManager, _border
 from trio_wsmgr.protocol._message import Outgoing
+from trio_wsmgr.server._accepted import AcceptedSocket
 from trio_wsmgr.server._transport import BufferedStream
-from trio_wsmgr.testing import Peer, open_client, open_peer
+from trio_wsmgr.testing import Peer, open_peer
 
 SMALL = 4096  # SO_SNDBUF / SO_RCVBUF asked for (the kernel doubles it, with a floor)
 
@@ -389,11 +390,12 @@ def _all_tasks() -> list[trio.lowlevel.Task]:
     return tasks
 
 
-async def test_an_idle_connection_runs_three_tasks_heartbeat_included() -> None:
-    """Handler, trio-websocket's reader, and the host of the background nursery.
+async def test_an_idle_connection_runs_one_task_besides_its_handler() -> None:
+    """The handler's task and the socket's reader, which also runs the heartbeat.
 
-    The host also runs the heartbeat and the writer is started only for a
-    backlog: each task costs memory on every idle connection.
+    The reader's read waits with the heartbeat's deadline (no sleeping task per
+    socket) and the writer is started only for a backlog: each task costs
+    memory on every idle connection.
     """
     manager = WebSocketManager(heartbeat_interval=5, heartbeat_timeout=5)
 
@@ -407,7 +409,7 @@ async def test_an_idle_connection_runs_three_tasks_heartbeat_included() -> None:
         async with open_peer(manager, handler) as peer:
             await trio.testing.wait_all_tasks_blocked()
             new = [task for task in _all_tasks() if task not in before]
-            assert len(new) == 3, [task.name for task in new]
+            assert len(new) == 2, [task.name for task in new]
             await peer.send("ping me")  # still alive and served
 
 
@@ -448,18 +450,30 @@ class _Waiter:
 
 
 async def test_ping_nowait_is_settled_by_trio_websockets_reader() -> None:
-    """Pins ``conn._pings``: a pong sets the waiter registered by ping_nowait."""
-    sockets: list[ManagedSocket] = []
-
-    async def handler(sock: ManagedSocket) -> None:
-        sockets.append(sock)
-        async for _ in sock:
-            pass
-
+    """Pins ``conn._pings`` (accept()'s sockets): a pong sets the waiter ping_nowait registered."""
     manager = WebSocketManager(heartbeat_interval=math.inf)
-    async with open_client(manager, handler):  # trio-websocket's client answers pings
-        await trio.testing.wait_all_tasks_blocked()
-        (sock,) = sockets
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    accepted: list[AcceptedSocket] = []
+    done = trio.Event()
+
+    async def serve_one() -> None:
+        request = await trio_websocket.wrap_server_stream(nursery, server_stream)
+        async with manager.accept(request) as sock:
+            assert isinstance(sock, AcceptedSocket)
+            accepted.append(sock)
+            await done.wait()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(serve_one)
+        client = await trio_websocket.wrap_client_stream(
+            nursery,
+            client_stream,  # type: ignore[arg-type]
+            "testserver",
+            "/",
+        )
+        while not accepted:
+            await trio.testing.wait_all_tasks_blocked()
+        (sock,) = accepted
         assert hasattr(sock._conn, "_pings"), "WebSocketConnection._pings moved"
         waiter = _Waiter()
         assert _border.ping_nowait(sock._conn, sock._stream, b"beat", waiter)
@@ -471,6 +485,8 @@ async def test_ping_nowait_is_settled_by_trio_websockets_reader() -> None:
         assert b"beat" not in sock._conn._pings
         await sock.close()
         assert not _border.ping_nowait(sock._conn, sock._stream, b"late", _Waiter())
+        done.set()
+        await client.aclose()
 
 
 async def handler_idle(sock: ManagedSocket) -> None:

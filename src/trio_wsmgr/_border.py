@@ -21,13 +21,15 @@ What we touch (all on ``WebSocketConnection`` / ``WebSocketRequest``):
 ``conn._max_message_size``
 ``conn._initial_request`` a client's opening request, to offer extensions
 ``conn._reader_task``   started as trio-websocket's own client and server do
-``conn._get_request``   what trio-websocket's ``wrap_server_stream`` awaits
 ``conn._pings``         in-flight pings (payload -> object with ``set()``), to
                         ping without waiting for the pong (heartbeats)
 =====================  ====================================================
 
-Both sides use it: the server (``manager.accept``, the managed socket's
-pings and closes) and the client pool (offering compression). The stream under
+Who uses it: ``manager.accept`` (sockets over a trio-websocket connection: their
+pings, closes and backlog) and the client pool (offering compression). ``serve``
+and ``serve_stream`` do not: they own their wire on public, sans-IO code
+(``protocol/``). ``pyproject.toml`` pins trio-websocket to the versions the border
+tests ran on; ``nox -s border_latest`` runs them against the newest release. The stream under
 a connection is only known here through :class:`FrameSink`, so this module
 imports nothing of the package above it.
 """
@@ -253,40 +255,3 @@ async def wrap_client_stream(
     nursery.start_soon(conn._reader_task)
     await conn._open_handshake.wait()
     return conn
-
-
-async def wrap_server_stream(
-    nursery: trio.Nursery,
-    stream: trio.abc.Stream,
-    *,
-    message_queue_size: int,
-    max_message_size: int,
-    receive_buffer_size: int,
-) -> trio_websocket.WebSocketRequest:
-    """``trio_websocket.wrap_server_stream``, plus: the TCP closes when the reader ends.
-
-    trio-websocket's reader can end with the stream still open: after it sent
-    a 1009 close because a message was too big, it stops reading and leaves the
-    TCP connection to whoever owns it. Nobody reads it after that, so nobody
-    would notice the peer leave; closing it when the reader ends keeps such a
-    connection from lingering (and holding a slot) forever.
-    """
-    conn = trio_websocket.WebSocketConnection(
-        stream,
-        WSConnection(ConnectionType.SERVER),
-        message_queue_size=message_queue_size,
-        max_message_size=max_message_size,
-        receive_buffer_size=receive_buffer_size,
-    )
-    nursery.start_soon(_read_then_close, conn, stream)
-    return await conn._get_request()
-
-
-async def _read_then_close(
-    conn: trio_websocket.WebSocketConnection, stream: trio.abc.Stream
-) -> None:
-    try:
-        await conn._reader_task()
-    finally:
-        with trio.CancelScope(shield=True):
-            await stream.aclose()  # idempotent, as every trio stream's aclose

@@ -55,7 +55,11 @@ class SocketContext:
     __slots__ = (
         "close_timeout",
         "counters",
+        "heartbeat_interval",
+        "heartbeat_timeout",
+        "max_incoming_queue",
         "max_messages_per_second",
+        "receive_buffer_size",
         "send_buffer_size",
         "slow_consumer_timeout",
         "unregister",
@@ -70,6 +74,10 @@ class SocketContext:
         slow_consumer_timeout: float,
         close_timeout: float,
         max_messages_per_second: float,
+        max_incoming_queue: float = 16,
+        receive_buffer_size: int = 16 * 1024,
+        heartbeat_interval: float = 20.0,
+        heartbeat_timeout: float = 20.0,
     ) -> None:
         self.counters = counters
         #: called with a socket as soon as it starts closing or its transport ends
@@ -78,3 +86,8 @@ class SocketContext:
         self.slow_consumer_timeout = slow_consumer_timeout
         self.close_timeout = close_timeout
         self.max_messages_per_second = max_messages_per_second
+        #: received messages held for the application before reading stops
+        self.max_incoming_queue = max_incoming_queue
+        self.receive_buffer_size = receive_buffer_size
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout

@@ -1,133 +1,121 @@
-"""Heartbeats: a ping every ``heartbeat_interval``, a pong due within ``heartbeat_timeout``."""
+"""Heartbeats and the close watch: a synchronous policy, and the task that hosts it for accept().
+
+:class:`HeartbeatPolicy` decides, without an event loop, when a connection's
+heartbeat must next wake and what to do then: send a ping, give up on a peer
+whose pong is late (1011), or drop a connection whose close has not finished
+within ``close_timeout``. The async shells only sleep until
+:meth:`~HeartbeatPolicy.next_wake` and do what :meth:`~HeartbeatPolicy.on_wake`
+says: for ``serve`` that is the connection's reader (its read waits with the
+policy's deadline, no task of its own); for ``manager.accept`` it is
+:class:`~._accepted.HeartbeatHost`, in the task that keeps the connection's
+background nursery open.
+
+The close watch runs whatever ``heartbeat_interval`` is: once a close has
+started (from either side), the connection is dropped ``close_timeout`` later
+if the closing handshake has not finished.
+"""
 
 from __future__ import annotations
 
+import enum
 import math
 import random
-from typing import TYPE_CHECKING
-
-import trio
-
-from .. import _border
-from .._config import CloseCode
-
-if TYPE_CHECKING:
-    from ._socket import ManagedSocket
 
 
-class HeartbeatHost:
-    """Runs one connection's heartbeat in a task that exists anyway.
+class Action(enum.Enum):
+    """What :meth:`HeartbeatPolicy.on_wake` asks the shell to do."""
 
-    Every connection has a task whose job is to keep its shielded background
-    nursery open (see ``_manager._background_nursery``). Once the socket is
-    admitted its heartbeat runs there rather than in a task of its own: on
-    thousands of idle connections that task's memory adds up.
+    WAIT = "wait"  #: nothing now; sleep until next_wake()
+    PING = "ping"  #: send a ping now (then pong() when it is answered)
+    TIMEOUT = "timeout"  #: the pong is late: abort with 1011 "heartbeat timeout"
+    CLOSE_TIMEOUT = "close_timeout"  #: the closing handshake took too long: drop the connection
+
+
+class HeartbeatPolicy:
+    """One connection's heartbeat and close watch, as plain synchronous state.
+
+    A ping every ``interval``; a pong due within ``timeout`` of its ping. While
+    a ping is in flight no other is sent. While the application leaves
+    received messages unread (``backlog``), no ping is sent and a late pong is
+    not held against the peer: it could not have been read. ``math.inf``
+    means never.
     """
 
-    __slots__ = ("_job", "_waiting")
+    __slots__ = (
+        "_close_deadline",
+        "_close_timeout",
+        "_closing",
+        "_interval",
+        "_next_ping",
+        "_ping_deadline",
+        "_ping_sent",
+        "_timeout",
+        "rtt",
+    )
 
-    def __init__(self) -> None:
-        self._job: tuple[ManagedSocket, float, float, int] | None = None
-        self._waiting: trio.lowlevel.Task | None = None
+    def __init__(self, interval: float, timeout: float, close_timeout: float, now: float) -> None:
+        self._interval = interval
+        self._timeout = timeout
+        self._close_timeout = close_timeout
+        self._next_ping = now + interval
+        self._ping_sent: float | None = None
+        self._ping_deadline = math.inf
+        self._close_deadline = math.inf
+        self._closing = False
+        #: the last round trip in seconds (nan before the first)
+        self.rtt = math.nan
 
-    def start(self, sock: ManagedSocket, interval: float, pong_timeout: float, queue: int) -> None:
-        """Hand the admitted socket's heartbeat to the host task (see :meth:`run`)."""
-        self._job = (sock, interval, pong_timeout, queue)
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None:
-            trio.lowlevel.reschedule(waiting)
+    def next_wake(self) -> float:
+        """When the shell must next call :meth:`on_wake` (``math.inf``: never)."""
+        if self._closing:
+            return self._close_deadline
+        if self._ping_sent is not None:
+            return self._ping_deadline
+        return self._next_ping
 
-    async def run(self) -> None:
-        """The host task's body: wait for the socket, ping it until it closes, wait for cancel.
+    def on_wake(self, now: float, *, backlog: bool = False) -> Action:
+        """What to do at ``now``; a PING is counted as sent."""
+        if self._closing:
+            return Action.CLOSE_TIMEOUT if now >= self._close_deadline else Action.WAIT
+        if self._ping_sent is not None:
+            if now < self._ping_deadline:
+                return Action.WAIT
+            if not backlog:
+                return Action.TIMEOUT
+            self._ping_sent = None  # its pong may sit unread behind the backlog: no verdict
+            self._ping_deadline = math.inf
+        if now < self._next_ping:
+            return Action.WAIT
+        self._next_ping = now + self._interval
+        if backlog:
+            return Action.WAIT
+        self._ping_sent = now
+        self._ping_deadline = now + self._timeout
+        return Action.PING
 
-        A ping every ``interval``; a peer whose pong is ``pong_timeout`` late is
-        aborted with 1011, so it is reaped at most ``interval + pong_timeout``
-        after it stopped answering. While the application leaves ``queue``
-        received messages unread, reading stops (backpressure) and pongs cannot
-        be seen, so no ping is sent: the peer is not blamed for our own backlog.
+    def ping_not_sent(self) -> None:
+        """The PING could not go out (the connection is closing)."""
+        self._ping_sent = None
+        self._ping_deadline = math.inf
 
-        The task wakes only to send a ping or to judge one at its deadline (with
-        equal interval and timeout, one wake-up does both): pings go out without
-        waiting (:func:`~._border.ping_nowait`) and trio-websocket's reader notes
-        the pong. Waits call ``wait_task_rescheduled`` directly, not
-        ``trio.sleep``: fewer coroutine frames stay alive on every connection.
-        """
-        if self._job is None:
-            self._waiting = trio.lowlevel.current_task()
-            await trio.lowlevel.wait_task_rescheduled(self._abort)
-        if self._job is None or math.isinf(self._job[1]):
-            await trio.sleep_forever()
-        sock, interval, pong_timeout, queue = self._job
-        conn = sock._conn
-        next_ping = trio.current_time() + interval
-        ping: _Ping | None = None
-        while not sock.closed:
-            if ping is None:
-                wake = next_ping
-            elif next_ping > trio.current_time():
-                wake = min(ping.deadline, next_ping)  # a prompt pong: the next ping on time
-            else:
-                wake = ping.deadline  # the next ping waits until this one is settled
-            with trio.CancelScope(deadline=wake):
-                await trio.lowlevel.wait_task_rescheduled(_never_rescheduled)
-            if sock.closed:
-                break
-            now = trio.current_time()
-            if ping is not None:
-                if ping.answered_at is not None:
-                    sock._ping_rtt = ping.answered_at - ping.sent_at
-                    ping = None
-                elif now >= ping.deadline:
-                    sock._context.counters.heartbeat_timeouts += 1
-                    await sock.abort(CloseCode.INTERNAL_ERROR, "heartbeat timeout")
-                    break
-            if ping is None and now >= next_ping:
-                next_ping = now + interval
-                if _border.pending_messages(conn) < queue:
-                    ping = _Ping(now, now + pong_timeout)
-                    payload = random.getrandbits(32).to_bytes(4, "big")
-                    if not _border.ping_nowait(conn, sock._stream, payload, ping):
-                        ping = None  # closing: the loop's condition sees to it
-        await _reap(sock)
-        await trio.sleep_forever()
+    def pong(self, now: float) -> None:
+        """The pong of the ping in flight arrived."""
+        if self._ping_sent is not None:
+            self.rtt = now - self._ping_sent
+            self._ping_sent = None
+            self._ping_deadline = math.inf
 
-    def _abort(self, _: object) -> trio.lowlevel.Abort:
-        self._waiting = None
-        return trio.lowlevel.Abort.SUCCEEDED
+    def close_started(self, now: float) -> None:
+        """A close started (either side): watch it for ``close_timeout``. Idempotent."""
+        if not self._closing:
+            self._closing = True
+            self._close_deadline = now + self._close_timeout
 
-
-async def _reap(sock: ManagedSocket) -> None:
-    """Make a close that trio-websocket started end within ``close_timeout``.
-
-    When the peer sends a close frame and then stops reading, trio-websocket
-    waits without limit for its reply to be written. Whoever started a close,
-    the connection is dropped ``close_timeout`` after this task noticed it.
-    """
-    if sock._stream.closed:
-        return
-    with trio.move_on_after(sock._context.close_timeout):
-        await sock.wait_closed()
-    if not sock._stream.closed:
-        reason = sock._conn.closed
-        await sock.abort(
-            reason.code if reason is not None else CloseCode.ABNORMAL, "close timed out"
-        )
+    @property
+    def closing(self) -> bool:
+        """Whether a close has started (and is being watched)."""
+        return self._closing
 
 
-def _never_rescheduled(_: object) -> trio.lowlevel.Abort:
-    return trio.lowlevel.Abort.SUCCEEDED
-
-
-class _Ping:
-    """One ping in flight; trio-websocket's reader calls :meth:`set` when its pong arrives."""
-
-    __slots__ = ("answered_at", "deadline", "sent_at")
-
-    def __init__(self, sent_at: float, deadline: float) -> None:
-        self.sent_at = sent_at
-        self.deadline = deadline
-        self.answered_at: float | None = None
-
-    def set(self) -> None:
-        if self.answered_at is None:
-            self.answered_at = trio.current_time()
+def ping_payload() -> bytes:
+    return random.getrandbits(32).to_bytes(4, "big")

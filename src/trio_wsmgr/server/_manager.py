@@ -20,11 +20,17 @@ from .._exceptions import ConnectionClosed, RequestRejected
 from .._util import unwrap_single_group
 from .._validators import count, instance_of, limit, optional_callable, rate, seconds, str_tuple
 from ..protocol._compression import Compression
-from ..protocol._message import DeflateCompressor, Outgoing
+from ..protocol._handshake import (
+    HandshakeError,
+    parse_request,
+    reject_response,
+)
+from ..protocol._message import Outgoing
+from ._accepted import HeartbeatHost, TwsAnswer
+from ._answer import Answer, StreamAnswer, read_head, request_info, write_and_close
 from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
 from ._context import Counters, SocketContext
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
-from ._heartbeat import HeartbeatHost
 from ._listen import open_listeners
 from ._registry import Registry
 from ._socket import ManagedSocket
@@ -146,6 +152,10 @@ class WebSocketManager:
             slow_consumer_timeout=self.slow_consumer_timeout,
             close_timeout=self.close_timeout,
             max_messages_per_second=self.max_messages_per_second,
+            max_incoming_queue=self.max_incoming_queue,
+            receive_buffer_size=self.receive_buffer_size,
+            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_timeout=self.heartbeat_timeout,
         )
 
     # -- queries (the spec's getActiveConnections / getUserSockets) ---------------
@@ -286,39 +296,54 @@ class WebSocketManager:
         (keeping ``sock.remote`` and the fast write path).
         """
         buffered = BufferedStream(stream, unread=initial_data)
-        heartbeat = HeartbeatHost()
         try:
             with self._connection_scope() as scope, unwrap_single_group():
-                async with _background_nursery(heartbeat) as nursery:
+                admitted: tuple[ManagedSocket, bytes] | None = None
+                with trio.move_on_after(self.connection_timeout):
+                    admitted = await self._handshake(buffered)
+                if admitted is None:
+                    if not buffered.closed:
+                        self._reject_count("timeout")
+                    return
+                sock, rest = admitted
+                async with trio.open_nursery() as nursery:
                     buffered.attach(nursery)
-                    sock = await self._handshake(buffered, nursery, heartbeat)
-                    if sock is not None:
-                        await self._run_handler(sock, handler, scope)
+                    sock._nursery = nursery
+                    sock._reading = True  # from now on only the reader reads (close() waits)
+                    nursery.start_soon(sock._read_loop, rest)
+                    await self._run_handler(sock, handler, scope)
+                    nursery.cancel_scope.cancel()
         finally:
             with trio.CancelScope(shield=True):
                 await buffered.aclose()
 
-    async def _handshake(
-        self, buffered: BufferedStream, nursery: trio.Nursery, heartbeat: HeartbeatHost
-    ) -> ManagedSocket | None:
-        with trio.move_on_after(self.connection_timeout) as timeout:
-            buffered.on_close.append(timeout.cancel)  # a failed handshake ends the wait
-            try:
-                request = await _border.wrap_server_stream(
-                    nursery,
-                    buffered,
-                    message_queue_size=int(self.max_incoming_queue),
-                    max_message_size=int(self.max_message_size),
-                    receive_buffer_size=self.receive_buffer_size,
-                )
-                return await self._admit(request, buffered, nursery=nursery, heartbeat=heartbeat)
-            except RequestRejected:
-                return None
-        if buffered.closed:
+    async def _handshake(self, buffered: BufferedStream) -> tuple[ManagedSocket, bytes] | None:
+        """Read and answer the opening handshake: the admitted socket and the bytes after it.
+
+        None if it was refused (the answer is written and the stream closed).
+        """
+        head = await read_head(buffered, self.receive_buffer_size)
+        if head is None:  # ended early, or a head too big: 400 (if there is anyone to tell)
             self._reject_count("bad_request")
-        else:
-            self._reject_count("timeout")
-        return None
+            await write_and_close(buffered, reject_response(400, body=b"bad request"))
+            return None
+        try:
+            request = parse_request(head[0])
+        except HandshakeError as exc:
+            self._reject_count("bad_request")
+            response = reject_response(
+                exc.status, headers=list(exc.headers), body=exc.reason.encode()
+            )
+            await write_and_close(buffered, response)
+            return None
+        answer = StreamAnswer(self._context, int(self.max_message_size), buffered, request)
+        try:
+            sock = await self._admit(
+                answer, request_info(request, _remote_of(buffered.inner)), buffered
+            )
+        except RequestRejected:
+            return None
+        return sock, head[1]
 
     async def _run_handler(
         self, sock: ManagedSocket, handler: Handler, scope: trio.CancelScope
@@ -358,16 +383,15 @@ class WebSocketManager:
     ) -> None:
         """The bounded close every connection ends with, even when cancelled.
 
-        The connection's loops run in a shielded nursery (see
-        :func:`_background_nursery`), so the peer's close reply is still read
-        while the handler is being cancelled. ``manager.close()`` cancels
-        ``scope`` once its grace is over: then there is no grace left here.
+        With the reader cancelled too, ``sock.close`` reads the peer's close
+        reply itself. ``manager.close()`` cancels ``scope`` once its grace is
+        over: then there is no grace left here.
         """
         grace = 0.0 if scope.cancel_called else self.close_timeout
         with trio.CancelScope(shield=True) as shield:
             shield.deadline = trio.current_time() + grace
             await sock.close(code, reason)
-        if not sock._closed_event.is_set():
+        if not sock._ended:
             sock._stream.abort()
 
     # -- accept (for users of trio-websocket's own server) -------------------------
@@ -405,12 +429,19 @@ class WebSocketManager:
             async with _background_nursery(heartbeat) as nursery:
                 buffered.attach(nursery)
                 sock: ManagedSocket | None = None
+                info = HandshakeRequest(
+                    path=request.path,
+                    headers=_decode_headers(request.headers, _border.handshake_host(request)),
+                    subprotocols=request.proposed_subprotocols,
+                    remote=_remote_of(buffered.inner),
+                    query=parse_query(request.path),
+                )
+                answer = TwsAnswer(self._context, request, buffered, heartbeat, nursery)
                 with trio.move_on_after(self.connection_timeout):
                     sock = await self._admit(
-                        request,
+                        answer,
+                        info,
                         buffered,
-                        nursery=nursery,
-                        heartbeat=heartbeat,
                         user_id=user_id,
                         subprotocol=subprotocol,
                         extra_headers=list(extra_headers),
@@ -443,7 +474,13 @@ class WebSocketManager:
         if _border.handshake_unanswered(request):
             with trio.CancelScope(shield=True) as grace:
                 grace.deadline = trio.current_time() + self.close_timeout
-                await self._refuse(request, 408, "timeout", "handshake timed out", count=False)
+                with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                    await request.reject(
+                        408,
+                        extra_headers=[(b"content-type", b"text/plain; charset=utf-8")],
+                        body=b"handshake timed out",
+                    )
+                raise RequestRejected(408, "handshake timed out")
         buffered.abort()
         raise ConnectionClosed(CloseCode.ABNORMAL, "handshake timed out")
 
@@ -451,86 +488,59 @@ class WebSocketManager:
 
     async def _admit(
         self,
-        request: trio_websocket.WebSocketRequest,
+        answer: Answer,
+        info: HandshakeRequest,
         buffered: BufferedStream,
         *,
-        nursery: trio.Nursery,
-        heartbeat: HeartbeatHost,
         user_id: str | _Unset | None = UNSET,
         subprotocol: str | _Unset | None = UNSET,
         extra_headers: list[tuple[bytes, bytes]] | None = None,
         metadata: Mapping[str, Any] | None = None,
     ) -> ManagedSocket:
-        remote = _remote_of(buffered.inner)
-        address = remote[0] if remote is not None else None
-        info = HandshakeRequest(
-            path=request.path,
-            headers=_decode_headers(request.headers, _border.handshake_host(request)),
-            subprotocols=request.proposed_subprotocols,
-            remote=remote,
-            query=parse_query(request.path),
-        )
+        """Decide on a handshake, answer it, and register the socket; RequestRejected if refused."""
+        address = info.remote[0] if info.remote is not None else None
         refusal = self._check_admission(info, address)
         if refusal is not None:
-            await self._refuse(request, *refusal)
+            await self._refuse(answer, *refusal)
         self._registry.reserve(address)
         registered = False
         reserved_user: str | None = None
         try:
             if isinstance(user_id, _Unset):
-                user_id = await self._authenticate(request, info)
+                user_id = await self._authenticate(answer, info)
             if user_id is not None:
                 # Check and reserve with no await between, so that concurrent
                 # handshakes of one user cannot all pass the check.
                 if self._registry.user_count(user_id) >= self.max_connections_per_user:
                     await self._refuse(
-                        request, 429, "per_user", "too many connections for this user"
+                        answer, 429, "per_user", "too many connections for this user"
                     )
                 self._registry.reserve_user(user_id)
                 reserved_user = user_id
             if isinstance(subprotocol, _Unset):
                 subprotocol = self._select_subprotocol(info.subprotocols)
             if self._closing:
-                await self._refuse(request, 503, "closing", "server is shutting down")
+                await self._refuse(answer, 503, "closing", "server is shutting down")
             extension = None
-            if self.compression is not None and _border.extension_offers(request):
+            if self.compression is not None and answer.extension_offers():
                 extension = self.compression.extension(max_message_size=int(self.max_message_size))
-            conn = await _border.accept(
-                request,
-                subprotocol=subprotocol,
-                extra_headers=list(extra_headers or ()),
-                extensions=[extension] if extension is not None else [],
-            )
-            sock = ManagedSocket(
-                context=self._context,
-                conn=conn,
-                stream=buffered,
+            sock = await answer.accept(
                 user_id=user_id,
                 subprotocol=subprotocol,
-                path=redact_path(request.path),
+                extra_headers=list(extra_headers or ()),
+                extension=extension,
+                path=redact_path(info.path),
                 headers=info.headers,
-                remote=remote,
+                remote=info.remote,
                 metadata=dict(metadata or {}),
-                compressor=(
-                    DeflateCompressor(extension)
-                    if extension is not None and extension.enabled()
-                    else None
-                ),
             )
             if buffered.closed:  # died while we were accepting
                 raise RequestRejected(400, "connection lost during the handshake")
-            sock._nursery = nursery
             self._registry.add(sock, address)
             registered = True
             self._counters.accepted += 1
             if self._closing:  # close() ran during our accept: it could not see this socket
                 sock.close_nowait(*self._close_code)
-            heartbeat.start(
-                sock,
-                self.heartbeat_interval,
-                self.heartbeat_timeout,
-                int(min(self.max_incoming_queue, 1 << 30)),
-            )
             return sock
         finally:
             if not registered:
@@ -559,23 +569,21 @@ class WebSocketManager:
                 return 403, "origin", "origin not allowed"
         return None
 
-    async def _authenticate(
-        self, request: trio_websocket.WebSocketRequest, info: HandshakeRequest
-    ) -> str | None:
+    async def _authenticate(self, answer: Answer, info: HandshakeRequest) -> str | None:
         if self.authentication is None:
             return None
         try:
             result = await maybe_await(self.authentication(info))
         except RequestRejected as exc:
             cause = "forbidden" if exc.status_code == 403 else "unauthenticated"
-            await self._refuse(request, exc.status_code, cause, exc.reason)
+            await self._refuse(answer, exc.status_code, cause, exc.reason)
         except trio.Cancelled:
             raise
         except Exception:
             logger.exception("authentication failed with an error for %r", info)
-            await self._refuse(request, 500, "error", "authentication error")
+            await self._refuse(answer, 500, "error", "authentication error")
         if result is None:
-            await self._refuse(request, 401, "unauthenticated", "authentication required")
+            await self._refuse(answer, 401, "unauthenticated", "authentication required")
         return str(result)
 
     def _select_subprotocol(self, offered: Sequence[str]) -> str | None:
@@ -584,23 +592,9 @@ class WebSocketManager:
                 return name
         return None
 
-    async def _refuse(
-        self,
-        request: trio_websocket.WebSocketRequest,
-        status: int,
-        cause: str,
-        text: str,
-        *,
-        count: bool = True,
-    ) -> None:
-        if count:
-            self._reject_count(cause)
-        with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
-            await request.reject(
-                status,
-                extra_headers=[(b"content-type", b"text/plain; charset=utf-8")],
-                body=text.encode(),
-            )
+    async def _refuse(self, answer: Answer, status: int, cause: str, text: str) -> NoReturn:
+        self._reject_count(cause)
+        await answer.reject(status, text)
         raise RequestRejected(status, text)
 
     # -- shutdown -------------------------------------------------------------------

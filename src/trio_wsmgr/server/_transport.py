@@ -74,6 +74,7 @@ class BufferedStream(trio.abc.Stream):
         "flush_on_close",
         "inner",
         "on_close",
+        "on_close_frame",
     )
 
     def __init__(self, inner: trio.abc.Stream, *, unread: bytes = b"") -> None:
@@ -103,6 +104,8 @@ class BufferedStream(trio.abc.Stream):
         self._last_flush: trio.Event | None = None
         #: called (synchronously) once when the stream is closed
         self.on_close: list[Callable[[], None]] = []
+        #: called when a close frame goes through :meth:`send_all` (trio-websocket's)
+        self.on_close_frame: Callable[[], None] | None = None
 
     # -- the synchronous side ------------------------------------------------
 
@@ -265,6 +268,8 @@ class BufferedStream(trio.abc.Stream):
         data = bytes(data)
         if data[:1] == _CLOSE_FRAME_START:  # trio-websocket's close frame: no data after it
             self.close_frame_sent = True
+            if self.on_close_frame is not None:
+                self.on_close_frame()
         self.write_nowait(data)
         target = self._queued_total
         if self._flushed_total >= target:  # went straight to the kernel
