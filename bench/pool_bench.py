@@ -24,8 +24,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import trio
 import trio_websocket
+from _provenance import provenance
 
 from trio_wsmgr import WebSocketPool
 
@@ -136,6 +138,7 @@ def summarize(runs: dict[str, list[float]], seconds: float) -> dict[str, Any]:
             "trio-websocket": version("trio-websocket"),
             "wsproto": version("wsproto"),
         },
+        "provenance": provenance(),
         "results": results,
         "validate_on_checkout": {
             "overhead_microseconds_per_acquire": round(1e6 / validated - 1e6 / plain, 2),

@@ -42,8 +42,10 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import trio
 import trio_websocket
+from _provenance import provenance
 
 from trio_wsmgr import Broadcaster, ManagedSocket, WebSocketManager
 from trio_wsmgr.backends import Backend, MemoryBackend, MemoryHub, RedisBackend
@@ -240,6 +242,7 @@ if __name__ == "__main__":
             "redis": redis_version,
             **{name: version(name) for name in ("trio", "trio-websocket", "coredis")},
         },
+        "provenance": provenance(),
         "results": results,
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)

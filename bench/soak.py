@@ -33,6 +33,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _provenance import provenance
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -285,6 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     report = trio.run(_server_main, args)
     report["wall_s"] = round(time.time() - started, 1)
+    report["provenance"] = provenance()
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))

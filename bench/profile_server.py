@@ -1,0 +1,129 @@
+"""Where an idle connection's memory and a handshake's time go, in the trio_wsmgr server.
+
+    python bench/profile_server.py [--connections 2000] [--handshakes 4000] [--compression]
+
+Runs ``manager.serve`` (library defaults, an idle handler) in this process and the
+raw load client (``loadclient.py``) in another, then writes:
+
+``bench/results/profile-memory.txt``
+    ``tracemalloc`` of the server: bytes per idle connection, in all and by the
+    source line that allocated them (the top lines), after a full collection.
+``bench/results/profile-handshakes.txt``
+    ``cProfile`` of the server during ``--handshakes`` opening handshakes (100 in
+    flight): the functions with the most own time, and the most cumulative time.
+
+Both start with the commit, Python and library versions that produced them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import gc
+import io
+import json
+import pstats
+import sys
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import trio
+from _harness import BENCH, Proc
+from _provenance import provenance
+
+from trio_wsmgr import ManagedSocket, WebSocketManager
+
+RESULTS = BENCH / "results"
+
+
+async def idle(sock: ManagedSocket) -> None:
+    async for _ in sock:
+        pass
+
+
+def _load(port: int, clients: int, mode: str, *extra: str) -> Proc:
+    argv = [str(BENCH / "loadclient.py"), "--port", str(port), "--clients", str(clients)]
+    return Proc([*argv, "--mode", mode, *extra])
+
+
+def _header(title: str) -> str:
+    return f"{title}\nprovenance: {json.dumps(provenance())}\n\n"
+
+
+async def memory(port: int, manager: WebSocketManager, connections: int, compression: bool) -> str:
+    gc.collect()
+    tracemalloc.start(1)
+    before = tracemalloc.take_snapshot()
+    extra = ["--compression"] if compression else []
+    client = _load(port, connections, "idle", *extra)
+    try:
+        connected = await trio.to_thread.run_sync(client.read, 300)
+        await trio.sleep(1.0)
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        opened = manager.get_active_connections()
+    finally:
+        await trio.to_thread.run_sync(client.stop)
+    tracemalloc.stop()
+    diff = after.compare_to(before, "lineno")
+    total = sum(stat.size_diff for stat in diff)
+    lines = [
+        f"compression {'negotiated' if compression else 'off'}: {opened} idle connections "
+        f"(client saw {connected.get('open')}); traced {total / max(opened, 1):,.0f} bytes each",
+        f"{'bytes/conn':>10}  {'blocks/conn':>11}  where",
+    ]
+    for stat in diff[:25]:
+        frame = stat.traceback[0]
+        where = f"{Path(frame.filename).name}:{frame.lineno}"
+        per = stat.size_diff / max(opened, 1)
+        lines.append(f"{per:10.1f}  {stat.count_diff / max(opened, 1):11.2f}  {where}")
+    return "\n".join(lines) + "\n\n"
+
+
+async def handshakes(port: int, total: int) -> tuple[str, dict[str, Any]]:
+    profile = cProfile.Profile()
+    client = _load(port, total, "handshake", "--inflight", "100")
+    profile.enable()
+    try:
+        result = await trio.to_thread.run_sync(client.read, 300)
+    finally:
+        profile.disable()
+        await trio.to_thread.run_sync(client.stop)
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(30)
+    return out.getvalue(), result
+
+
+async def main(args: argparse.Namespace) -> None:
+    manager = WebSocketManager()
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(manager.serve, idle, "127.0.0.1", 0)
+        text = _header("Idle memory per connection, trio_wsmgr (tracemalloc, server side)")
+        for compression in (False, True):
+            text += await memory(server.port, manager, args.connections, compression)
+            with trio.move_on_after(30):
+                while manager.get_active_connections():
+                    await trio.sleep(0.1)
+        (RESULTS / "profile-memory.txt").write_text(text)
+        print(text)
+        report, result = await handshakes(server.port, args.handshakes)
+        head = _header(
+            f"Opening handshakes, trio_wsmgr under cProfile: {args.handshakes} connections, "
+            f"100 in flight ({result.get('handshakes_per_s', 0):,.0f}/s while profiled)"
+        )
+        (RESULTS / "profile-handshakes.txt").write_text(head + report)
+        print(head + report[:3000])
+        await manager.close()
+        nursery.cancel_scope.cancel()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=2000)
+    parser.add_argument("--handshakes", type=int, default=4000)
+    ns = parser.parse_args()
+    trio.run(main, ns)
