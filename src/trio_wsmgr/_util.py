@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
+from typing import Literal
 
 
 def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
@@ -22,29 +22,38 @@ def single_error(group: BaseExceptionGroup[BaseException]) -> BaseException | No
     return leaves[0] if len(leaves) == 1 else None
 
 
-@contextmanager
-def unwrap_single_group() -> Iterator[None]:
+class unwrap_single_group:
     """Raise the one real error of a nursery, not an ExceptionGroup around it.
 
     trio wraps whatever a nursery's body or children raise in (possibly nested)
     ExceptionGroups. When there is exactly one error in all, users of our
     context managers get that error itself: its traceback, ``__cause__`` and
-    ``__context__`` as they were when it was first raised (it is raised again
-    outside the ``except`` block, and its context restored, so the group does
-    not become its context). Several errors still come out as the group.
-    The one helper of the package for this; nothing else unwraps groups.
+    ``__context__`` as they were when it was first raised (its context is
+    restored after raising it again, so the group does not become its
+    context). Several errors still come out as the group. The one helper of
+    the package for this; nothing else unwraps groups. A small class rather
+    than a generator: one lives as long as each connection.
     """
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        inner = single_error(group)
+
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Literal[False]:
+        if not isinstance(exc, BaseExceptionGroup):
+            return False
+        inner = single_error(exc)
         if inner is None:
-            raise
-    else:
-        return
-    context = inner.__context__
-    try:
-        raise inner
-    finally:
-        inner.__context__ = context  # raising it here made the group its context
-        del inner
+            return False
+        context = inner.__context__
+        try:
+            raise inner
+        finally:
+            inner.__context__ = context  # raising it here made the group its context
+            del inner

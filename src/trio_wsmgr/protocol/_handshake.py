@@ -89,16 +89,19 @@ class HandshakeError(Exception):
 class UpgradeRequest:
     """A valid upgrade request: its target, headers and WebSocket offers."""
 
-    __slots__ = ("extensions", "headers", "key", "subprotocols", "target")
+    __slots__ = ("extensions", "head", "headers", "key", "subprotocols", "target")
 
     def __init__(
         self,
+        head: bytes,
         target: str,
         headers: tuple[tuple[str, str], ...],
         key: bytes,
         subprotocols: tuple[str, ...],
         extensions: tuple[str, ...],
     ) -> None:
+        #: the raw request head (``headers`` can be parsed again from it)
+        self.head = head
         #: the request target, path and query
         self.target = target
         #: every header as sent, names in lower case, values decoded as latin-1
@@ -185,7 +188,12 @@ def parse_request(head: bytes) -> UpgradeRequest:
     if key is None or not _valid_key(key):
         raise _bad("missing or invalid sec-websocket-key header")
     return UpgradeRequest(
-        raw_target.decode("ascii"), tuple(headers), key, tuple(subprotocols), tuple(extensions)
+        head,
+        raw_target.decode("ascii"),
+        tuple(headers),
+        key,
+        tuple(subprotocols),
+        tuple(extensions),
     )
 
 

@@ -107,7 +107,7 @@ class StreamAnswer:
             user_id=user_id,
             subprotocol=subprotocol,
             path=path,
-            headers=headers,
+            headers=self._request.head,
             remote=remote,
             metadata=metadata,
             compressor=DeflateCompressor(enabled) if enabled is not None else None,

@@ -296,26 +296,39 @@ class WebSocketManager:
         (keeping ``sock.remote`` and the fast write path).
         """
         buffered = BufferedStream(stream, unread=initial_data)
+        scope: trio.CancelScope | None = None
         try:
-            with self._connection_scope() as scope, unwrap_single_group():
-                admitted: tuple[ManagedSocket, bytes] | None = None
-                with trio.move_on_after(self.connection_timeout):
-                    admitted = await self._handshake(buffered)
-                if admitted is None:
-                    if not buffered.closed:
-                        self._reject_count("timeout")
-                    return
-                sock, rest = admitted
+            # The nursery's scope is the connection's scope (close() cancels it):
+            # one cancel scope per connection, not two.
+            with unwrap_single_group():
                 async with trio.open_nursery() as nursery:
-                    buffered.attach(nursery)
-                    sock._nursery = nursery
-                    sock._reading = True  # from now on only the reader reads (close() waits)
-                    nursery.start_soon(sock._read_loop, rest)
-                    await self._run_handler(sock, handler, scope)
-                    nursery.cancel_scope.cancel()
+                    scope = nursery.cancel_scope
+                    self._connection_scopes.add(scope)
+                    await self._serve_connection(handler, buffered, nursery)
         finally:
             with trio.CancelScope(shield=True):
                 await buffered.aclose()
+            if scope is not None:
+                self._forget_scope(scope)
+
+    async def _serve_connection(
+        self, handler: Handler, buffered: BufferedStream, nursery: trio.Nursery
+    ) -> None:
+        scope = nursery.cancel_scope
+        admitted: tuple[ManagedSocket, bytes] | None = None
+        with trio.move_on_after(self.connection_timeout):
+            admitted = await self._handshake(buffered)
+        if admitted is None:
+            if not buffered.closed:
+                self._reject_count("timeout")
+            return
+        sock, rest = admitted
+        buffered.attach(nursery)
+        sock._nursery = nursery
+        sock._reading = True  # from now on only the reader reads (close() waits)
+        nursery.start_soon(sock._read_loop, rest)
+        await self._run_handler(sock, handler, scope)
+        scope.cancel()
 
     async def _handshake(self, buffered: BufferedStream) -> tuple[ManagedSocket, bytes] | None:
         """Read and answer the opening handshake: the admitted socket and the bytes after it.
@@ -637,9 +650,12 @@ class WebSocketManager:
             try:
                 yield scope
             finally:
-                self._connection_scopes.discard(scope)
-                if not self._connection_scopes:
-                    self._idle.unpark_all()
+                self._forget_scope(scope)
+
+    def _forget_scope(self, scope: trio.CancelScope) -> None:
+        self._connection_scopes.discard(scope)
+        if not self._connection_scopes:
+            self._idle.unpark_all()
 
     def _reject_count(self, cause: str) -> None:
         self._rejected[cause] = self._rejected.get(cause, 0) + 1

@@ -26,6 +26,7 @@ import trio
 from .._config import CloseCode
 from .._exceptions import ConnectionClosed
 from ..protocol._frames import encode_frame
+from ..protocol._handshake import parse_request
 from ..protocol._message import FrameCompressor, Outgoing
 from ..protocol._reader import Close, FrameReader, Ping, Pong
 from ._context import SocketContext
@@ -109,6 +110,7 @@ class ManagedSocket:
         "_dropped",
         "_ended",
         "_ended_event",
+        "_headers",
         "_inbox",
         "_messages_in",
         "_messages_out",
@@ -127,7 +129,6 @@ class ManagedSocket:
         "_waiter",
         "close_code",
         "close_reason",
-        "headers",
         "id",
         "metadata",
         "path",
@@ -144,7 +145,7 @@ class ManagedSocket:
         user_id: str | None,
         subprotocol: str | None,
         path: str,
-        headers: tuple[tuple[str, str], ...],
+        headers: tuple[tuple[str, str], ...] | bytes,
         remote: tuple[str, int] | None,
         metadata: dict[str, Any],
         compressor: FrameCompressor | None,
@@ -158,8 +159,7 @@ class ManagedSocket:
         self.subprotocol = subprotocol
         #: the request target, with any ``token`` query parameter removed
         self.path = path
-        #: the handshake's headers, lower-case names
-        self.headers = headers
+        self._headers = headers  # or the raw request head, parsed on first use
         #: ``(host, port)`` of the peer, or None when not on a TCP socket
         self.remote = remote
         #: free for the application
@@ -199,6 +199,14 @@ class ManagedSocket:
     def __repr__(self) -> str:
         state = "open" if not self.closed else f"closed {self.close_code}"
         return f"<ManagedSocket id={self.id} user={self.user_id!r} path={self.path!r} {state}>"
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """The handshake's headers, lower-case names, in the order sent."""
+        headers = self._headers
+        if isinstance(headers, bytes):  # kept raw: most applications never look
+            headers = self._headers = parse_request(headers).headers
+        return headers
 
     # -- state ----------------------------------------------------------------
 
