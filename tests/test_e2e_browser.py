@@ -10,11 +10,14 @@ screenshot used in the README and the docs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import os
 import queue
 import shutil
+import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 
 import pytest
 import trio
+import trustme
 
 from conftest import require
 from test_demo import DemoProcess, demo_process
@@ -45,7 +49,7 @@ TIMEOUT_MS = 10_000
 
 
 @contextmanager
-def browser(profile: Path) -> Iterator[Any]:
+def browser(profile: Path, extra_args: Sequence[str] = ()) -> Iterator[Any]:
     """A fresh Chromium profile (``--user-data-dir``) under Playwright's sync API."""
     require(os.path.exists(CHROMIUM), "no Chromium at /usr/bin/chromium: apt install chromium")
     try:
@@ -59,7 +63,7 @@ def browser(profile: Path) -> Iterator[Any]:
             str(profile),
             executable_path=CHROMIUM,
             headless=True,
-            args=ARGS,
+            args=[*ARGS, *extra_args],
             viewport={"width": 1180, "height": 720},
             color_scheme="light",
         )
@@ -165,6 +169,78 @@ def test_the_page_sees_1001_going_away_when_the_demo_is_stopped(tmp_path: Path) 
         expect(page.locator("body")).to_have_attribute("data-state", "closed")
         expect(page.locator("#status")).to_contain_text("server going away")  # code 1001
     assert status == 0
+
+
+@contextmanager
+def tls_demo(context: ssl.SSLContext) -> Iterator[str]:
+    """The demo in-process (its own trio loop, in a thread) over HTTPS; yields its URL."""
+    ready: queue.Queue[tuple[str, trio.lowlevel.TrioToken, trio.Event]] = queue.Queue()
+
+    async def main() -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        async with trio.open_nursery() as nursery:
+            demo = await nursery.start(partial(run_demo, listeners, ssl_context=context))
+            stop = trio.Event()
+            url = f"https://127.0.0.1:{demo.server.port}/"
+            ready.put((url, trio.lowlevel.current_trio_token(), stop))
+            await stop.wait()
+            await demo.close()
+
+    thread = threading.Thread(target=trio.run, args=(main,))
+    thread.start()
+    url, token, stop = ready.get(timeout=10)
+    try:
+        yield url
+    finally:
+        trio.from_thread.run_sync(stop.set, trio_token=token)
+        thread.join(timeout=10)
+
+
+def spki_hash(pem: bytes) -> str:
+    """What Chromium's --ignore-certificate-errors-spki-list takes: base64(SHA-256(SPKI))."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    key = x509.load_pem_x509_certificate(pem).public_key()
+    spki = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return base64.b64encode(hashlib.sha256(spki).digest()).decode()
+
+
+def test_chromium_chats_over_wss_trusting_the_test_certificate(tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(context)
+    trusted = f"--ignore-certificate-errors-spki-list={spki_hash(cert.cert_chain_pems[0].bytes())}"
+    with (
+        tls_demo(context) as url,
+        browser(tmp_path / "profile", extra_args=[trusted]) as chromium,
+    ):
+        sockets: list[str] = []
+        page = chromium.new_page()
+        page.on("websocket", lambda ws: sockets.append(ws.url))
+        page.goto(url + "?name=secure")
+        expect(page.locator("body")).to_have_attribute("data-state", "open")
+        join_room(page, "tls")
+        page.fill("#message-input", "over TLS")
+        page.press("#message-input", "Enter")
+        expect(page.locator("#messages .message").last).to_contain_text("over TLS")
+        assert [u.split("?")[0] for u in sockets] == [url.replace("https", "wss") + "ws"]
+        assert page.evaluate("location.protocol") == "https:"
+
+
+def test_chromium_refuses_the_test_certificate_without_the_trust_flag(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    with tls_demo(context) as url, browser(tmp_path / "profile") as chromium:
+        page = chromium.new_page()
+        with pytest.raises(Exception, match="ERR_CERT_AUTHORITY_INVALID"):
+            page.goto(url)
 
 
 @contextmanager

@@ -23,7 +23,8 @@ from __future__ import annotations
 
 import http
 import logging
-from collections.abc import Mapping, Sequence
+import ssl
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -122,7 +123,11 @@ def request_path(target: bytes) -> str | None:
     return None  # "*" or an authority: not for us
 
 
-def route(request: h11.Request, routes: Mapping[str, Resource], websocket_path: str) -> Answer:
+#: a route: a fixed answer, or a function that makes one for each request (``/metrics``)
+Route = Resource | Callable[[], Resource]
+
+
+def route(request: h11.Request, routes: Mapping[str, Route], websocket_path: str) -> Answer:
     """Decide, synchronously, how to answer ``request``."""
     path = request_path(request.target)
     method = request.method
@@ -134,11 +139,12 @@ def route(request: h11.Request, routes: Mapping[str, Resource], websocket_path: 
         if b"websocket" not in _header_tokens(request, b"upgrade"):
             return error(426, ("Upgrade", "websocket"))
         return UPGRADE
-    resource = routes.get(path)
-    if resource is None:
+    found = routes.get(path)
+    if found is None:
         return error(404)
     if method not in (b"GET", b"HEAD"):
         return error(405, ("Allow", "GET, HEAD"))
+    resource = found if isinstance(found, Resource) else found()
     return Answer(
         200,
         (
@@ -175,10 +181,13 @@ def _path(instance: object, attribute: attrs.Attribute[Any], value: object) -> N
         raise ValueError(f"{attribute.name} must be a path starting with '/', not {value!r}")
 
 
-def _routes(value: Mapping[str, Resource]) -> Mapping[str, Resource]:
+def _routes(value: Mapping[str, Route]) -> Mapping[str, Route]:
     for path, resource in value.items():
-        if not path.startswith("/") or not isinstance(resource, Resource):
-            raise TypeError(f"routes maps '/paths' to Resource objects, not {path!r}: {resource!r}")
+        if not path.startswith("/") or not (isinstance(resource, Resource) or callable(resource)):
+            raise TypeError(
+                f"routes maps '/paths' to Resource objects (or functions making one),"
+                f" not {path!r}: {resource!r}"
+            )
     return dict(value)
 
 
@@ -188,7 +197,7 @@ class HttpFront:
 
     manager: WebSocketManager
     handler: Handler
-    routes: Mapping[str, Resource] = attrs.field(factory=dict, converter=_routes)
+    routes: Mapping[str, Route] = attrs.field(factory=dict, converter=_routes)
     websocket_path: str = attrs.field(default="/ws", validator=_path)
     #: the request head must arrive within this many seconds (then 408)
     request_timeout: float = attrs.field(default=10.0, validator=seconds)
@@ -216,11 +225,18 @@ class HttpFront:
         self,
         listeners: Sequence[trio.SocketListener],
         *,
+        ssl_context: ssl.SSLContext | None = None,
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
-        """Like :meth:`serve`, on listeners opened beforehand (so a busy port fails early)."""
+        """Like :meth:`serve`, on listeners opened beforehand (so a busy port fails early).
+
+        With ``ssl_context`` it serves HTTPS and ``wss://`` on them.
+        """
+        served: list[trio.abc.Listener[Any]] = list(listeners)
+        if ssl_context is not None:
+            served = [trio.SSLListener(ln, ssl_context, https_compatible=True) for ln in listeners]
         async with trio.open_nursery() as nursery:
-            await nursery.start(partial(trio.serve_listeners, self.serve_stream, list(listeners)))
+            await nursery.start(partial(trio.serve_listeners, self.serve_stream, served))
             task_status.started(Server(tuple(listeners)))
 
     async def serve_stream(self, stream: trio.abc.Stream) -> None:

@@ -29,10 +29,12 @@ import json
 import math
 import re
 import secrets
+import ssl
 import time
 from collections import Counter
 from collections.abc import Sequence
 from contextlib import suppress
+from functools import partial
 from importlib import resources
 from typing import Any, Final
 from urllib.parse import urlsplit
@@ -47,7 +49,7 @@ from ..broadcast._history import StreamPosition
 from ..server._auth import HandshakeRequest
 from ..server._manager import Server, WebSocketManager
 from ..server._socket import ManagedSocket
-from ._http import HttpFront, Resource
+from ._http import HttpFront, Resource, Route
 
 DEFAULT_ROOMS: Final = ("lobby", "random", "trio")
 #: messages each room keeps for pages that reconnect
@@ -62,13 +64,36 @@ _STATIC: Final = {
 }
 
 
-def static_routes() -> dict[str, Resource]:
+def static_routes() -> dict[str, Route]:
     """The page's files, read once from the package."""
     folder = resources.files(__package__) / "static"
     return {
         path: Resource((folder / name).read_bytes(), content_type)
         for path, (name, content_type) in _STATIC.items()
     }
+
+
+def metrics_route(manager: WebSocketManager, broadcaster: Broadcaster) -> Route | None:
+    """``GET /metrics``: the manager's and broadcaster's counters for Prometheus.
+
+    None when prometheus-client (the ``metrics`` extra) is not installed.
+    """
+    try:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+        from ..metrics import WsmgrCollector
+    except ImportError:
+        return None
+    collector = WsmgrCollector()
+    collector.add_manager(manager, name="demo")
+    collector.add_broadcaster(broadcaster, name="demo")
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+
+    def page() -> Resource:
+        return Resource(generate_latest(registry), CONTENT_TYPE_LATEST, "no-store")
+
+    return page
 
 
 def authenticate(request: HandshakeRequest) -> str:
@@ -354,6 +379,7 @@ async def run_demo(
     *,
     backend: Backend | None = None,
     manager: WebSocketManager | None = None,
+    ssl_context: ssl.SSLContext | None = None,
     task_status: trio.TaskStatus[Demo] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve the chat page at ``/`` and its WebSocket at ``/ws`` until :meth:`Demo.close`.
@@ -362,7 +388,8 @@ async def run_demo(
     busy port is an ``OSError`` before anything starts). Use with
     ``demo = await nursery.start(run_demo, listeners)``. A ``backend`` (e.g. a
     :class:`~trio_wsmgr.backends.RedisBackend`) shares the rooms with every
-    demo using it. ``manager`` replaces :func:`build_manager`'s (tests use quicker timers).
+    demo using it. ``ssl_context`` serves the page over HTTPS and the socket over
+    ``wss://``. ``manager`` replaces :func:`build_manager`'s (tests use quicker timers).
     """
     routes = static_routes()
     if manager is None:
@@ -371,7 +398,12 @@ async def run_demo(
     with trio.CancelScope() as scope:
         async with broadcaster, trio.open_nursery() as nursery:
             chat = ChatServer(manager, broadcaster)
+            metrics = metrics_route(manager, broadcaster)
+            if metrics is not None:
+                routes["/metrics"] = metrics
             front = HttpFront(manager=manager, handler=chat.handle, routes=routes)
             nursery.start_soon(chat.run)
-            server = await nursery.start(front.serve_listeners, listeners)
+            server = await nursery.start(
+                partial(front.serve_listeners, listeners, ssl_context=ssl_context)
+            )
             task_status.started(Demo(manager, broadcaster, chat, server, scope))

@@ -345,13 +345,6 @@ class ClusterPubSub:
     async def _sync(self, shard: _Shard) -> None:
         """(Un)subscribe until the connection holds exactly the channels of its slots."""
         subscribe, unsubscribe = plan(self.wanted, self.topology, shard.address, shard.subscribed)
-        if subscribe or unsubscribe:
-            logger.debug(
-                "%s: subscribing %d channels, unsubscribing %d",
-                _name(shard.address),
-                len(subscribe),
-                len(unsubscribe),
-            )
         await self._change(shard, subscribe, unsubscribe)
 
     async def _change(

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from contextlib import asynccontextmanager, contextmanager, suppress
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from functools import partial
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, TypeAlias
@@ -19,6 +20,7 @@ from .._config import CloseCode
 from .._exceptions import ConnectionClosed, RequestRejected
 from .._util import unwrap_single_group
 from .._validators import count, instance_of, limit, optional_callable, rate, seconds, str_tuple
+from ..asgi._types import ASGIApp, ASGIReceive, ASGISend, Scope
 from ..protocol._compression import Compression
 from ..protocol._handshake import (
     HandshakeError,
@@ -58,15 +60,6 @@ def _protocols(value: Sequence[str]) -> tuple[str, ...]:
 
 def _origins(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return str_tuple("allowed_origins")(value)
-
-
-def _default_compression() -> Compression:
-    """The manager's compression: each broadcast compressed once, no compressor kept per socket.
-
-    The server imposes no context takeover on its side (RFC 7692 allows it
-    whatever the client offered); see the compression topic.
-    """
-    return Compression(server_no_context_takeover=True)
 
 
 @attrs.frozen
@@ -122,7 +115,7 @@ class WebSocketManager:
     heartbeat_timeout: float = attrs.field(default=20.0, validator=seconds)
     authentication: Authenticator | None = attrs.field(default=None, validator=optional_callable)
     compression: Compression | None = attrs.field(
-        factory=_default_compression,
+        factory=Compression,
         validator=attrs.validators.optional(instance_of(Compression, "a Compression(...) or None")),
     )
     protocols: tuple[str, ...] = attrs.field(default=(), converter=_protocols)
@@ -249,7 +242,7 @@ class WebSocketManager:
         host: str | None,
         port: int,
         *,
-        ssl_context: Any = None,
+        ssl_context: ssl.SSLContext | None = None,
         reuse_port: bool = False,
         task_status: trio.TaskStatus[Server] = trio.TASK_STATUS_IGNORED,
     ) -> None:
@@ -261,7 +254,14 @@ class WebSocketManager:
         ``reuse_port=True`` sets SO_REUSEPORT, so several processes (each
         with ``reuse_port=True``) can serve one port; :class:`OSError` where
         the platform lacks it.
+
+        ``ssl_context`` (a server-side :class:`ssl.SSLContext` with its
+        certificate loaded) serves ``wss://``: the TLS handshake counts against
+        ``connection_timeout``, and a peer that fails it takes nothing else down
+        (see :doc:`/howto/tls`).
         """
+        if ssl_context is not None and not isinstance(ssl_context, ssl.SSLContext):
+            raise TypeError(f"ssl_context must be an ssl.SSLContext or None, not {ssl_context!r}")
         if self._closing:
             raise RuntimeError("this manager is closed")
         listeners = await open_listeners(port, host=host, reuse_port=reuse_port)
@@ -506,6 +506,37 @@ class WebSocketManager:
         buffered.abort()
         raise ConnectionClosed(CloseCode.ABNORMAL, "handshake timed out")
 
+    # -- ASGI (hypercorn, Quart-Trio, ...) ---------------------------------------------
+
+    def asgi_app(self, handler: Handler, fallback: ASGIApp | None = None) -> ASGIApp:
+        """An ASGI 3 application that runs ``handler(sock)`` for every WebSocket.
+
+        ``websocket`` scopes are admitted by this manager (authentication, origin,
+        limits, subprotocols, the user index, broadcast, slow consumers, close
+        codes) exactly as with :meth:`serve`; ``http`` scopes go to ``fallback``
+        (another ASGI app) or get 404; ``lifespan`` goes to ``fallback``, or is
+        answered here, calling :meth:`close` at shutdown. See :doc:`/howto/asgi`
+        for what an ASGI server does differently (pings, compression, shutdown).
+        """
+        from ..asgi._bridge import make_app
+
+        return make_app(self, handler, fallback)
+
+    def accept_asgi(
+        self, scope: Scope, receive: ASGIReceive, send: ASGISend
+    ) -> AbstractAsyncContextManager[ManagedSocket]:
+        """``async with manager.accept_asgi(scope, receive, send) as sock:`` in a route.
+
+        Admits the ASGI ``websocket`` connection (raising
+        :class:`~trio_wsmgr.RequestRejected` after the client got its refusal) and
+        manages the socket for the block; it closes with 1000 when the block
+        ends, 1011 if it raised, and the manager's close code (1001) if it was
+        cancelled (server shutdown).
+        """
+        from ..asgi._bridge import accept_bridge
+
+        return accept_bridge(self, scope, receive, send)
+
     # -- admission ------------------------------------------------------------------
 
     async def _admit(
@@ -698,6 +729,9 @@ def _remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
             peer = stream.socket.getpeername()
         except OSError:
             return None
+        return str(peer[0]), int(peer[1])
+    peer = getattr(stream, "peer", None)  # a bridged connection (ASGI): the real client
+    if isinstance(peer, tuple):
         return str(peer[0]), int(peer[1])
     return None
 
