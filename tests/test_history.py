@@ -30,6 +30,7 @@ from trio_wsmgr import (
     Broadcaster,
     ManagedSocket,
     MemoryBackend,
+    MemoryHub,
     Publication,
     StreamPosition,
     SubscribeResult,
@@ -473,3 +474,27 @@ async def test_a_socket_that_closes_during_its_subscribe_is_not_an_error() -> No
         assert result == SubscribeResult(recovered=False, position=None)
         assert a.broadcaster.create_channel("news").subscriber_count == 0
         assert a.broadcaster.create_channel("news", **NEWS).subscriber_count == 0
+
+
+async def test_a_node_that_misses_publications_live_fills_them_from_the_history() -> None:
+    hub = MemoryHub()
+    backend = MemoryBackend(hub=hub)
+    manager = WebSocketManager(close_timeout=1.0)
+    node = Node(manager, Broadcaster(backend=backend, inbox_size=2))
+    node.broadcaster.create_channel("news", **NEWS)
+    async with node.broadcaster, trio.open_nursery() as nursery:
+        server = await nursery.start(manager.serve, node.handler, "127.0.0.1", 0)
+        node.port = server.port
+        async with reader(node, "x") as x:
+            await trio.testing.wait_all_tasks_blocked()  # the inbox task waits for work
+            for n in range(1, 11):  # synchronously: the inbox overflows
+                inner = encode_inner(b"othernod", "wait", [], json.dumps(n).encode())
+                hub._publish_history("news", inner, 1000, math.inf)
+            stats = node.broadcaster.statistics()
+            assert stats.inbox_dropped == 7  # one taken, two buffered
+            got = await x.envelopes(10)
+            assert [m["offset"] for m in got] == list(range(1, 11))
+            assert [m["data"] for m in got] == list(range(1, 11))
+            assert node.broadcaster.statistics().gap_fills == 7
+        await manager.close()
+        nursery.cancel_scope.cancel()

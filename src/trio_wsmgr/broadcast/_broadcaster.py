@@ -275,6 +275,8 @@ class Broadcaster:
         init=False, default=None
     )
     _streams: dict[str, ChannelStream] = attrs.field(init=False, factory=dict)
+    #: per channel with history: the newest position the full inbox dropped
+    _missed: dict[str, StreamPosition] = attrs.field(init=False, factory=dict)
     _state: str = attrs.field(init=False, default="new")
     _lifetime_cm: Any = attrs.field(init=False, default=None)
     _counts: dict[str, int] = attrs.field(init=False)
@@ -699,9 +701,22 @@ class Broadcaster:
             inbox.send_nowait((topic, wire))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self._counts["inbox_dropped"] += 1
+            if not isinstance(wire, _Wire):  # history: read it back once the inbox is empty
+                self._missed[topic] = wire[0]
 
     async def _run_inbox(self, inbox: trio.MemoryReceiveChannel[tuple[str, _Inboxed]]) -> None:
-        async for topic, wire in inbox:
+        while True:
+            try:
+                topic, wire = inbox.receive_nowait()
+            except trio.WouldBlock:
+                if self._missed:  # publications of channels with history that were dropped
+                    topic, position = self._missed.popitem()
+                    await _recovery.catch_up(self, self._stream(topic), position)
+                    continue
+                try:
+                    topic, wire = await inbox.receive()
+                except trio.EndOfChannel:
+                    return
             if not isinstance(wire, _Wire):  # a channel with history: in position order
                 await _recovery.deliver_positioned(self, self._stream(topic), *wire)
                 continue

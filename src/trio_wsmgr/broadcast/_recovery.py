@@ -120,6 +120,18 @@ async def deliver_positioned(
     await _deliver_one(broadcaster, stream, position, data)
 
 
+async def catch_up(
+    broadcaster: Broadcaster, stream: ChannelStream, position: StreamPosition
+) -> None:
+    """Deliver from the history what the full inbox dropped, up to ``position``."""
+    last = stream.last
+    if last is None or last.epoch != position.epoch or position.offset <= last.offset:
+        return  # nobody was following, another epoch began, or it came through after all
+    await _fill(
+        broadcaster, stream, last.offset, StreamPosition(position.epoch, position.offset + 1)
+    )
+
+
 async def _fill(
     broadcaster: Broadcaster, stream: ChannelStream, after: int, upto: StreamPosition
 ) -> None:

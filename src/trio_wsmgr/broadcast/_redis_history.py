@@ -132,11 +132,11 @@ def _sha(source: str) -> str:
     return sha
 
 
-async def run_script(client: Any, source: str, keys: list[str], args: list[Any]) -> Any:
-    """EVALSHA, falling back to EVAL when the server does not know the script yet."""
+async def run_script(connection: Any, source: str, keys: list[str], args: list[Any]) -> Any:
+    """EVALSHA on a coredis connection, EVAL when the server does not know the script yet."""
     from coredis.exceptions import NoScriptError
 
     try:
-        return await client.evalsha(_sha(source), keys, args)
+        return await connection.create_request(b"EVALSHA", _sha(source), len(keys), *keys, *args)
     except NoScriptError:
-        return await client.eval(source, keys, args)
+        return await connection.create_request(b"EVAL", source, len(keys), *keys, *args)
