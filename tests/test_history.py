@@ -8,6 +8,7 @@ the query and answers with the :class:`SubscribeResult` before the envelopes.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -21,10 +22,11 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.trio.client import ClientConnection, connect
 
 from redis_cluster import RedisCluster
-from redis_server import redis_server_fixture  # noqa: F401
+from redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from test_broadcaster import Engine, LoopbackBackend, MemoryEngine, RedisEngine
 from trio_wsmgr import (
     Broadcaster,
@@ -498,3 +500,53 @@ async def test_a_node_that_misses_publications_live_fills_them_from_the_history(
             assert node.broadcaster.statistics().gap_fills == 7
         await manager.close()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_replay_too_big_for_a_client_that_does_not_read_closes_it_as_slow() -> None:
+    manager = WebSocketManager(
+        close_timeout=0.5, send_buffer_size=64 * 1024, slow_consumer_timeout=0.2
+    )
+    node = Node(manager, Broadcaster())
+    node.broadcaster.create_channel("news", history_size=100)
+    async with node.broadcaster, trio.open_nursery() as nursery:
+        server = await nursery.start(manager.serve, node.handler, "127.0.0.1", 0)
+        node.port = server.port
+        for _ in range(100):  # 12.5 MiB: far more than the socket and TCP can hold
+            await node.broadcaster.broadcast("news", "x" * 131072)
+        epoch = (await node.broadcaster.position("news")).epoch
+        url = f"ws://127.0.0.1:{node.port}/?name=x&ch=news&epoch={epoch}&offset=0"
+        options: dict[str, Any] = {"max_queue": 1, "max_size": None, "close_timeout": 0.5}
+        options["compression"] = None  # else the repeated text shrinks to nothing
+        async with connect(url, open_timeout=WAIT, **options) as ws:  # and never reads
+            with trio.fail_after(WAIT):
+                while "x" not in node.sockets:
+                    await trio.sleep(0.01)
+                sock = node.sockets["x"]
+                await sock.wait_closed()  # the replay could not go on
+            assert sock.close_code == 1008
+            assert manager.statistics().slow_consumer_closes == 1
+            with trio.fail_after(WAIT), contextlib.suppress(ClientClosed):
+                async for _ in ws:  # now read what the kernel still holds, to the end
+                    pass
+        assert node.broadcaster.create_channel("news").subscriber_count == 0
+        await manager.close()
+        nursery.cancel_scope.cancel()
+
+
+@pytest.mark.redis
+async def test_a_redis_history_expires_ttl_after_its_last_publication(
+    redis_server: RedisServer,
+) -> None:
+    async with Broadcaster(backend=RedisEngine(redis_server).backend()) as broadcaster:
+        broadcaster.create_channel("news", history_size=5, history_ttl=0.3)
+        await broadcaster.broadcast("news", 1)
+        first = await broadcaster.position("news")
+        assert first.offset == 1
+        assert redis_server.command("PTTL", "{trio_wsmgr:news}:s") > 0
+        with trio.fail_after(WAIT):  # Redis expires both keys 0.3 s after the publication
+            while redis_server.command("EXISTS", "{trio_wsmgr:news}:s"):
+                await trio.sleep(0.05)
+        later = await broadcaster.position("news")
+        assert later.epoch != first.epoch
+        assert later.offset == 0
+        assert await broadcaster.history("news") == []
