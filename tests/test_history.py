@@ -550,3 +550,40 @@ async def test_a_redis_history_expires_ttl_after_its_last_publication(
         assert later.epoch != first.epoch
         assert later.offset == 0
         assert await broadcaster.history("news") == []
+
+
+@attrs.define(eq=False)
+class GatedBackend(MemoryBackend):
+    """Reads of the history wait for ``gate`` (when set): a slow history store."""
+
+    gate: trio.Event | None = None
+
+    async def read_history(self, topic: str, **options: Any) -> Any:
+        if self.gate is not None:
+            await self.gate.wait()
+        return await super().read_history(topic, **options)
+
+
+async def test_a_socket_unsubscribed_during_its_replay_gets_no_replay() -> None:
+    backend = GatedBackend()
+    async with history_node(backend, news=NEWS) as a:
+        for n in range(3):
+            await a.broadcaster.broadcast("news", n)
+        epoch = (await a.broadcaster.position("news")).epoch
+        backend.gate = trio.Event()  # the replay's read hangs
+        async with trio.open_nursery() as nursery:
+            readers: list[Reader] = []
+
+            async def subscribe() -> None:
+                async with reader(a, "x", since=StreamPosition(epoch, 0)) as r:
+                    readers.append(r)
+
+            nursery.start_soon(subscribe)
+            with trio.fail_after(WAIT):
+                while "x" not in a.sockets:
+                    await trio.sleep(0.01)
+            await trio.testing.wait_all_tasks_blocked()
+            await a.broadcaster.unsubscribe(a.sockets["x"], "news")
+            backend.gate.set()
+        (r,) = readers
+        assert r.early == []  # nothing replayed to a socket that left

@@ -199,6 +199,9 @@ async def recover(
     gone = False
     while True:
         for offset, data in entries:
+            if stream.cursors.get(sock.id) is not cursor:
+                gone = True  # unsubscribed (or closed) meanwhile: replay no more
+                break
             if offset <= done:
                 continue
             inner = decode_inner(data)
