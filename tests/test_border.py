@@ -79,6 +79,7 @@ async def test_accept_with_extensions_negotiates_deflate() -> None:
             client,  # type: ignore[arg-type]
             "host",
             "/",
+            connection_class=trio_websocket.WebSocketConnection,
             subprotocols=[],
             extra_headers=[],
             extensions=[Compression().extension(max_message_size=1 << 20)],

@@ -19,6 +19,7 @@ from trio_wsmgr import (
     BackendUnavailable,
     Backoff,
     Broadcaster,
+    ConnectionClosed,
     ManagedSocket,
     PoolTimeout,
     RedisBackend,
@@ -170,7 +171,7 @@ async def test_backend_killed_under_a_pool_with_many_waiting_acquirers() -> None
                             await conn.send_message(str(i))
                             assert await conn.get_message() == str(i)
                         served["ok"] += 1
-                    except (PoolTimeout, trio_websocket.ConnectionClosed):
+                    except (PoolTimeout, ConnectionClosed):
                         served["failed"] += 1
                         await trio.sleep(0.01)
 

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from conftest import require
 from trio_wsmgr._backoff import Backoff
-from trio_wsmgr._exceptions import PoolClosed, PoolTimeout
+from trio_wsmgr._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
 from trio_wsmgr.client._health import HealthState, HealthTracker, PoolCore, Slot, SlotState, Waiter
 from trio_wsmgr.client._pool import WebSocketPool
 
@@ -608,8 +608,10 @@ async def test_pool_discards_the_connection_when_the_block_raises_a_connection_e
                 await conn.get_message()
 
         seen: list[trio_websocket.WebSocketConnection] = []
-        with pytest.raises(trio_websocket.ConnectionClosed):
+        with pytest.raises(ConnectionClosed) as closed:  # trio_wsmgr's, as on a managed socket
             await ask_to_be_closed()
+        assert closed.value.code == 1001
+        assert isinstance(closed.value.__cause__, trio_websocket.ConnectionClosed)
         (conn,) = seen
         assert pool.statistics().discarded + pool.statistics().lost == 1
         async with pool.acquire() as fresh:
@@ -645,7 +647,7 @@ async def test_pool_drops_an_idle_connection_the_server_closed(backend: Backend)
     async with make_pool(backend.url, min_connections=1, max_connections=2) as pool:
         conn = await pool.acquire()
         await conn.send_message("close")
-        with pytest.raises(trio_websocket.ConnectionClosed):
+        with pytest.raises(ConnectionClosed):
             await conn.get_message()
         await pool.release(conn)  # closed: discarded, never handed out again
         await eventually(lambda: pool.get_idle_count() == 1)  # min_connections restored
@@ -968,7 +970,7 @@ async def test_hundreds_of_acquirers_with_cancellations_never_exceed_the_cap(
                     await conn.send_message("close" if misbehave else "ping")
                     try:
                         await conn.get_message()
-                    except trio_websocket.ConnectionClosed:
+                    except ConnectionClosed:
                         return
                     done += 1
 

@@ -28,6 +28,7 @@ from .broadcast._broadcaster import Channel as Channel
 from .broadcast._history import Publication as Publication
 from .broadcast._history import StreamPosition as StreamPosition
 from .broadcast._history import SubscribeResult as SubscribeResult
+from .client._connection import PooledConnection as PooledConnection
 from .client._health import HealthState as HealthState
 from .client._health import HealthStatus as HealthStatus
 from .client._health import PoolStatistics as PoolStatistics
@@ -79,6 +80,7 @@ __all__ = [
     "PoolClosed",
     "PoolStatistics",
     "PoolTimeout",
+    "PooledConnection",
     "Publication",
     "RedisBackend",
     "RequestRejected",

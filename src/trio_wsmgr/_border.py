@@ -58,6 +58,7 @@ class FrameSink(Protocol):
 
 
 S = TypeVar("S", bound=trio.abc.Stream)
+C = TypeVar("C", bound=trio_websocket.WebSocketConnection)
 
 
 def connection_of(request: trio_websocket.WebSocketRequest) -> trio_websocket.WebSocketConnection:
@@ -211,29 +212,21 @@ async def wrap_client_stream(
     host: str,
     resource: str,
     *,
+    connection_class: type[C],
     subprotocols: Sequence[str],
     extra_headers: list[tuple[bytes, bytes]],
     extensions: Sequence[Extension],
     message_queue_size: int,
     max_message_size: int,
-) -> trio_websocket.WebSocketConnection:
-    """``trio_websocket.wrap_client_stream``, but offering ``extensions`` (compression).
+) -> C:
+    """``trio_websocket.wrap_client_stream``, but offering ``extensions`` (compression)
+    and making a ``connection_class`` (a subclass of trio-websocket's connection).
 
-    trio-websocket's client sends a request without extensions; this one puts
-    ours in it before the reader task sends it. The handshake is awaited.
+    Done as trio-websocket's own does it: the connection, then its reader task,
+    which sends the request; with extensions, ours are put in that request first.
+    The handshake is awaited.
     """
-    if not extensions:
-        return await trio_websocket.wrap_client_stream(
-            nursery,
-            stream,
-            host,
-            resource,
-            subprotocols=list(subprotocols),
-            extra_headers=extra_headers,
-            message_queue_size=message_queue_size,
-            max_message_size=max_message_size,
-        )
-    conn = trio_websocket.WebSocketConnection(
+    conn = connection_class(
         stream,
         WSConnection(ConnectionType.CLIENT),
         host=host,
@@ -243,15 +236,16 @@ async def wrap_client_stream(
         message_queue_size=message_queue_size,
         max_message_size=max_message_size,
     )
-    request = conn._initial_request
-    assert request is not None
-    conn._initial_request = Request(
-        host=request.host,
-        target=request.target,
-        subprotocols=list(request.subprotocols),
-        extra_headers=list(request.extra_headers),
-        extensions=list(extensions),
-    )
+    if extensions:
+        request = conn._initial_request
+        assert request is not None
+        conn._initial_request = Request(
+            host=request.host,
+            target=request.target,
+            subprotocols=list(request.subprotocols),
+            extra_headers=list(request.extra_headers),
+            extensions=list(extensions),
+        )
     nursery.start_soon(conn._reader_task)
     await conn._open_handshake.wait()
     return conn

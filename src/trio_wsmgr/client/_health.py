@@ -27,12 +27,12 @@ from collections.abc import Callable
 
 import attrs
 import trio
-import trio_websocket
 
 from .._backoff import Backoff
 from .._exceptions import PoolClosed
+from ._connection import PooledConnection
 
-Connection = trio_websocket.WebSocketConnection
+Connection = PooledConnection
 
 
 class HealthState(enum.Enum):

@@ -38,6 +38,7 @@ from .._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
 from .._util import unwrap_single_group
 from .._validators import count, instance_of, seconds
 from ..protocol._compression import Compression, PerMessageDeflate
+from ._connection import PooledConnection
 from ._health import (
     Connection,
     HealthStatus,
@@ -426,13 +427,13 @@ class WebSocketPool:
             slot.pings.add(scope)
             try:
                 await conn.ping()
-            except trio_websocket.ConnectionClosed as exc:
+            except ConnectionClosed as exc:
                 return exc, 0.0
             finally:
                 slot.pings.discard(scope)
             return None, trio.current_time() - start
         if conn.closed is not None:
-            return trio_websocket.ConnectionClosed(conn.closed), 0.0
+            return ConnectionClosed(conn.closed.code, conn.closed.reason or ""), 0.0
         return TimeoutError(f"no pong within ping_timeout={self.ping_timeout}s"), 0.0
 
     # -- background ---------------------------------------------------------------------------
@@ -517,6 +518,7 @@ class WebSocketPool:
                                 stream,
                                 self._target.host_header,
                                 self._target.resource,
+                                connection_class=PooledConnection,
                                 subprotocols=self.subprotocols,
                                 extra_headers=list(self.extra_headers),
                                 extensions=self._extensions(),
