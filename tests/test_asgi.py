@@ -48,15 +48,15 @@ class Hypercorn:
 
 
 @contextmanager
-def hypercorn(app: str, *options: str) -> Iterator[Hypercorn]:
-    """``hypercorn --worker-class trio app`` from examples/, until the block ends."""
+def hypercorn(app: str, *options: str, cwd: Path = EXAMPLES) -> Iterator[Hypercorn]:
+    """``hypercorn --worker-class trio app`` from ``cwd`` (examples/), until the block ends."""
     binary = shutil.which("hypercorn", path=os.path.dirname(sys.executable))
     require(binary is not None, "hypercorn is not installed (it is in the tests group)")
     assert binary is not None
     port = free_port()
     process = subprocess.Popen(
         [binary, "--worker-class", "trio", "--bind", f"127.0.0.1:{port}", *options, app],
-        cwd=EXAMPLES,
+        cwd=cwd,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -201,3 +201,22 @@ async def test_the_quart_trio_example_serves_http_and_chats_through_the_manager(
         status, log = server.stop()
     assert status == 0
     assert "Traceback" not in log
+
+
+async def test_a_bare_asgi_app_answers_http_404_handles_lifespan_and_admits_websockets() -> None:
+    with hypercorn(
+        "asgi_plain:app", "--graceful-timeout", "1", cwd=Path(__file__).parent
+    ) as server:
+        assert (await http_get(server.port, "/"))[0] == 404  # no fallback: 404
+        async with connect(server.url("/?user=zoe"), origin="http://good.example") as zoe:
+            assert await recv(zoe) == "zoe from True"  # the scope's client is sock.remote
+            await zoe.send("ping")
+            assert await recv(zoe) == "ping"
+        with pytest.raises(InvalidStatus) as refused:
+            async with connect(server.url("/?user=eve"), origin="http://evil.example"):
+                pass
+        assert refused.value.response.status_code == 403  # the manager's origin check
+        status, log = server.stop()  # lifespan.shutdown was answered here (manager.close)
+    assert status == 0
+    assert "Traceback" not in log
+    assert "lifespan" not in log.lower()  # hypercorn logs a lifespan it could not run
