@@ -233,15 +233,27 @@ class RedisCluster:
 
     def migrate_slot(self, slot: int, target: RedisServer) -> None:
         """Move ``slot`` (keys included) to ``target``, as ``redis-cli --cluster reshard`` does."""
+        self.begin_migration(slot, target)
+        self.finish_migration(slot, target)
+
+    def begin_migration(self, slot: int, target: RedisServer) -> RedisServer:
+        """Mark ``slot`` migrating to ``target`` and move its keys there; return the source.
+
+        Until :meth:`finish_migration`, the source answers ``ASK`` for the slot's keys."""
         source = self.owner_of_slot(slot)
         if source.port == target.port:
-            return
+            return source
         source_id, target_id = self.node_id(source), self.node_id(target)
         target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source_id)
         source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         while keys := source.command("CLUSTER", "GETKEYSINSLOT", slot, 100):
             source.command("MIGRATE", "127.0.0.1", target.port, "", 0, 5000, "KEYS", *keys)
-        for node in (target, source, *self.masters()):
+        return source
+
+    def finish_migration(self, slot: int, target: RedisServer) -> None:
+        """Give ``slot`` to ``target`` (CLUSTER SETSLOT ... NODE on every master)."""
+        target_id = self.node_id(target)
+        for node in (target, *self.masters()):
             node.command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
 
     def owner_of_slot(self, slot: int) -> RedisServer:

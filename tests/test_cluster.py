@@ -106,6 +106,7 @@ class Traffic:
         factory=lambda: defaultdict(lambda: defaultdict(list))
     )
     running: bool = True
+    stopped: trio.Event = attrs.field(factory=trio.Event)
 
     async def read(self, receiver: str, ws: ClientConnection) -> None:
         async for message in ws:
@@ -114,6 +115,12 @@ class Traffic:
 
     async def produce(self) -> None:
         """One round per ``interval``: each node publishes once on each channel."""
+        try:
+            await self._rounds()
+        finally:
+            self.stopped.set()
+
+    async def _rounds(self) -> None:
         while self.running:
             seq, self.seq = self.seq, self.seq + 1
             for node in self.nodes:
@@ -167,6 +174,7 @@ class Traffic:
         """Stop publishing, then wait until the last message of every path has arrived."""
         self.running = False
         with trio.fail_after(timeout):
+            await self.stopped.wait()  # the round under way is complete
             while not all(
                 self.got[r][p, c] and self.got[r][p, c][-1][0] == self.sent[p, c][-1]
                 for r, p, c in self.cross()
@@ -328,10 +336,12 @@ async def test_a_killed_master_fails_over_and_every_channel_delivers_again(
         await check_a_new_subscription_works(cluster, traffic, promoted)
         await traffic.stop_and_drain()
     traffic.check_exact(lost_only_within=(seq_at_kill - 1, seq_resumed))
+    assert {channel for (_, channel), seqs in traffic.failed.items() if seqs} <= set(lost_channels)
     warnings = [
         r for r in caplog.records if r.levelname == "WARNING" and str(victim.port) in r.getMessage()
     ]
     assert len(warnings) == 2, "the outage is logged once per node, not once per message"
+    assert {channel for _, _, channel in traffic.lost()} <= set(lost_channels), "others unhurt"
     report(
         "master killed",
         promotion=f"{promoted_at - killed_at:.2f}s",
@@ -341,3 +351,130 @@ async def test_a_killed_master_fails_over_and_every_channel_delivers_again(
         failed=sum(len(v) for v in traffic.failed.values()),
         rounds=traffic.seq,
     )
+
+
+async def test_the_master_named_in_the_url_killed_the_other_seeds_take_over(
+    fresh_redis_cluster: RedisCluster,
+) -> None:
+    cluster = fresh_redis_cluster
+    victim = cluster.masters()[0]
+    others = [node.url for node in cluster.nodes if node is not victim]
+    lost_channels = shards_of(cluster, CHANNELS)[victim.port]
+    async with traffic_between(cluster, url=victim.url, seeds=others[:2]) as traffic:
+        a, _ = traffic.nodes
+        await traffic.wait_flowing(since=trio.current_time())
+        seq_at_kill, killed_at = traffic.seq, trio.current_time()
+        cluster.kill(victim)
+        promoted = await cluster.wait_promoted(victim)
+        promoted_at = trio.current_time()
+        resumed_at = await traffic.wait_flowing(since=promoted_at, timeout=5.0)
+        seq_resumed = traffic.seq
+        # A node that starts now, its URL naming the dead node, finds the cluster by its seeds.
+        fresh = channel_on(cluster, promoted, "fresh")
+        backend = cluster_backend(cluster, url=victim.url, seeds=others)
+        async with running_node("c", backend) as c, subscriber(c, [fresh]) as ws:
+            assert backend.statistics().connected
+            await a.broadcaster.broadcast(fresh, "a|fresh|0")
+            with trio.fail_after(WAIT):
+                assert await ws.recv() == "a|fresh|0"
+        await traffic.stop_and_drain()
+    traffic.check_exact(lost_only_within=(seq_at_kill - 1, seq_resumed))
+    assert {channel for _, _, channel in traffic.lost()} <= set(lost_channels)
+    report(
+        "seed master killed",
+        promotion=f"{promoted_at - killed_at:.2f}s",
+        gap=f"{traffic.first_arrival_after(killed_at, lost_channels) - killed_at:.2f}s",
+        after_promotion=f"{resumed_at - promoted_at:.2f}s",
+        lost=sum(len(v) for v in traffic.lost().values()),
+        failed=sum(len(v) for v in traffic.failed.values()),
+    )
+
+
+async def test_slots_migrated_while_broadcasting_keep_delivering_on_their_new_owner(
+    fresh_redis_cluster: RedisCluster,
+) -> None:
+    cluster = fresh_redis_cluster
+    owners = shards_of(cluster, CHANNELS)
+    first, second, third = sorted(owners)
+    moves = [(channel, cluster.node(third)) for channel in owners[first][:3]]
+    moves += [(channel, cluster.node(first)) for channel in owners[second][:3]]
+    async with traffic_between(cluster) as traffic:
+        await traffic.wait_flowing(since=trio.current_time())
+        seq_before, moved_at = traffic.seq, trio.current_time()
+        for channel, target in moves:
+            cluster.migrate_slot(cluster.slot_of(PREFIX + channel), target)
+            await trio.sleep(0.05)  # traffic goes on between the moves
+        done_at = trio.current_time()
+        resumed_at = await traffic.wait_flowing(since=done_at)
+        seq_after = traffic.seq
+        await eventually(
+            lambda: all(channel in target.channels(PREFIX) for channel, target in moves),
+            "the moved channels subscribed on their new owners",
+        )
+        await traffic.stop_and_drain()
+    sources = {cluster.node(port) for port in (first, second)}
+    for channel, _ in moves:
+        assert all(channel not in node.channels(PREFIX) for node in sources)
+    traffic.check_exact(lost_only_within=(seq_before - 1, seq_after))
+    assert {channel for _, _, channel in traffic.lost()} <= {c for c, _ in moves}
+    report(
+        "6 slots migrated",
+        moves=f"{done_at - moved_at:.2f}s",
+        all_flowing_after=f"{resumed_at - done_at:.2f}s",
+        lost=sum(len(v) for v in traffic.lost().values()),
+        failed=sum(len(v) for v in traffic.failed.values()),
+    )
+
+
+async def test_the_whole_cluster_restarted_delivery_resumes_by_itself(
+    fresh_redis_cluster: RedisCluster,
+) -> None:
+    cluster = fresh_redis_cluster
+    async with traffic_between(cluster) as traffic:
+        a, b = traffic.nodes
+        await traffic.wait_flowing(since=trio.current_time())
+        seq_at_kill, killed_at = traffic.seq, trio.current_time()
+        for node in cluster.nodes:
+            cluster.kill(node)
+        await eventually(
+            lambda: not any(s.connected for s in b.backend.statistics().shards), "all shards down"
+        )
+        stats = b.backend.statistics()
+        assert not stats.connected
+        assert not stats.degraded
+        for node in cluster.nodes:
+            await cluster.restart(node)
+        await cluster.wait_healthy()
+        healthy_at = trio.current_time()
+        resumed_at = await traffic.wait_flowing(since=healthy_at)
+        seq_resumed = traffic.seq
+        await eventually(lambda: a.backend.connected and b.backend.connected, "connected again")
+        await traffic.stop_and_drain()
+    traffic.check_exact(lost_only_within=(seq_at_kill - 1, seq_resumed))
+    report(
+        "whole cluster restarted",
+        down_and_up=f"{healthy_at - killed_at:.2f}s",
+        flowing_after_healthy=f"{resumed_at - healthy_at:.2f}s",
+        lost=sum(len(v) for v in traffic.lost().values()),
+        failed=sum(len(v) for v in traffic.failed.values()),
+    )
+
+
+async def test_a_history_channel_keeps_publishing_while_its_slot_migrates(
+    fresh_redis_cluster: RedisCluster,
+) -> None:
+    cluster = fresh_redis_cluster
+    async with running_node("a", cluster_backend(cluster)) as a:
+        a.broadcaster.create_channel("news", history_size=100)
+        await a.broadcaster.broadcast("news", "m0")  # its stream now lives on the slot's owner
+        slot = cluster.slot_of(PREFIX + "news")
+        target = next(m for m in cluster.masters() if m.port != cluster.owner_of_slot(slot).port)
+        source = cluster.begin_migration(slot, target)
+        assert int(source.command("CLUSTER", "COUNTKEYSINSLOT", slot)) == 0, "keys moved"
+        await a.broadcaster.broadcast("news", "m1")  # the source answers ASK: follow it
+        cluster.finish_migration(slot, target)
+        await a.broadcaster.broadcast("news", "m2")  # the source answers MOVED: follow it
+        history = await a.broadcaster.history("news")
+        assert [p.data for p in history] == ["m0", "m1", "m2"]
+        assert [p.position.offset for p in history] == [1, 2, 3]
+        assert a.backend.statistics().publish_failures == 0

@@ -198,7 +198,8 @@ class RedisBackend(Backend):
         )
 
     def __repr__(self) -> str:
-        state = "connected" if self.connected else "disconnected"
+        degraded = self._cluster is not None and self._cluster.degraded
+        state = "connected" if self.connected else ("degraded" if degraded else "disconnected")
         mode = (
             f" cluster (+{len(self.seeds)} seeds)"
             if self.seeds

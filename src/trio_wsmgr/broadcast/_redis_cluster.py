@@ -345,6 +345,13 @@ class ClusterPubSub:
     async def _sync(self, shard: _Shard) -> None:
         """(Un)subscribe until the connection holds exactly the channels of its slots."""
         subscribe, unsubscribe = plan(self.wanted, self.topology, shard.address, shard.subscribed)
+        if subscribe or unsubscribe:
+            logger.debug(
+                "%s: subscribing %d channels, unsubscribing %d",
+                _name(shard.address),
+                len(subscribe),
+                len(unsubscribe),
+            )
         await self._change(shard, subscribe, unsubscribe)
 
     async def _change(
@@ -437,7 +444,7 @@ class ClusterPubSub:
         await self.execute(key_slot(channel), b"SPUBLISH", channel, data)
 
     async def execute(self, slot: int, *args: bytes | str | int) -> object:
-        """Run one command on the master of ``slot`` (following ``MOVED``); its reply.
+        """Run one command on the master of ``slot`` (following ``MOVED`` and ``ASK``); its reply.
 
         For the backend's siblings too (presence, history): commands on a shard's
         connection leave in call order with this node's publications. Raises
@@ -446,8 +453,9 @@ class ClusterPubSub:
         ``Cancelled`` means the command was not sent; once queued its reply is awaited
         (shielded, at most ``command_timeout``).
         """
+        asked: _Shard | None = None  # an ASK redirection: once, to that node
         for _ in range(3):  # the owner, then at most two redirections
-            address = self.topology.owners[slot]
+            address = asked.address if asked else self.topology.owners[slot]
             shard = self.shards.get(address) if address is not None else None
             if shard is None or not shard.up:
                 self.request_refresh()
@@ -455,6 +463,8 @@ class ClusterPubSub:
                 where = _name(address) if address else "no node"
                 raise BackendUnavailable(f"the shard of slot {slot} ({where}) is down", delivered=0)
             await trio.lowlevel.checkpoint_if_cancelled()
+            if asked is not None:  # the slot is being imported there: this command only
+                shard.send(b"", b"ASKING")
             pending = shard.send(b"", *args)
             with trio.CancelScope(shield=True), trio.move_on_after(self.command_timeout):
                 await pending.done.wait()
@@ -463,8 +473,20 @@ class ClusterPubSub:
                 raise BackendUnavailable(
                     f"{_name(shard.address)} did not answer within command_timeout", delivered=0
                 )
-            if isinstance(reply, ServerError) and reply.code == "MOVED":
-                self._misrouted(reply)
+            if isinstance(reply, ServerError) and reply.code == "MOVED" and asked is None:
+                self._misrouted(reply)  # not executed: try the new owner
+                continue
+            if isinstance(reply, ServerError) and reply.code == "ASK" and asked is None:
+                # The slot is migrating and the command's keys are gone: not executed here.
+                # The importing node runs it after ASKING (keep the owner otherwise).
+                redirect = reply.redirect()
+                target = self.shards.get(redirect[:2]) if redirect else None
+                if target is None:
+                    self.request_refresh()
+                    raise BackendUnavailable(
+                        f"the node importing slot {slot} is unknown ({reply})", delivered=0
+                    ) from reply
+                asked = target
                 continue
             if isinstance(reply, Exception):
                 if isinstance(reply, ServerError):

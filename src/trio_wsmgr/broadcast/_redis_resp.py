@@ -251,10 +251,12 @@ def slot_ranges(reply: object) -> list[tuple[int, int, tuple[str, int], list[tup
         first, last = entry[0], entry[1]
         nodes: list[tuple[str, int]] = []
         for node in entry[2:]:
-            if isinstance(node, Sequence) and len(node) >= 2 and isinstance(node[1], int):
-                host = as_str(node[0])
-                if host and host != "?":
-                    nodes.append((host, node[1]))
+            host = as_str(node[0]) if isinstance(node, Sequence) and len(node) >= 2 else ""
+            if not host or host == "?" or not isinstance(node[1], int):
+                if not nodes:  # the master's endpoint is unknown: skip the range,
+                    break  # never take a replica for its master
+                continue
+            nodes.append((host, node[1]))
         if isinstance(first, int) and isinstance(last, int) and nodes:
             ranges.append((first, last, nodes[0], nodes))
     return ranges
