@@ -182,3 +182,44 @@ async def test_accept_asgi_raises_the_managers_refusal() -> None:
         assert await server.next() == {"type": "websocket.close", "code": 1008}
     (exc,) = refused
     assert exc.status_code == 401
+
+
+async def test_a_message_over_max_message_size_closes_1009() -> None:
+    async def handler(sock: ManagedSocket) -> None:
+        async for _ in sock:
+            pass
+
+    manager = WebSocketManager(max_message_size=1000, heartbeat_interval=math.inf)
+    async with running(manager, handler, websocket_scope()) as server:
+        await server.next()  # accept
+        await server.to_app.send({"type": "websocket.receive", "text": "x" * 5000})
+        close = await server.next()
+        assert (close["type"], close["code"]) == ("websocket.close", 1009)
+
+
+async def test_a_client_the_server_cannot_write_to_is_closed_as_a_slow_consumer(
+    autojump_clock: Any,
+) -> None:
+    # The test stops taking the app's events: the ASGI server's send blocks, the bridge's
+    # bounded pipe fills, then the manager's send buffer; the slow-consumer policy applies.
+    manager = WebSocketManager(
+        send_buffer_size=16 * 1024, slow_consumer_timeout=1.0, heartbeat_interval=math.inf
+    )
+    ready = trio.Event()
+
+    async def handler(sock: ManagedSocket) -> None:
+        ready.set()
+        async for _ in sock:
+            pass
+
+    async with running(manager, handler, websocket_scope()) as server:
+        await server.next()  # accept
+        await ready.wait()
+        for _ in range(200):  # 200 x 1 KiB: far more than the server, pipe and buffer hold
+            await manager.broadcast("y" * 1024)
+        assert manager.statistics().slow_consumer_closes == 1
+        events = []
+        while (event := await server.next())["type"] == "websocket.send":
+            events.append(event)
+        assert (event["type"], event["code"]) == ("websocket.close", 1008)
+        assert len(events) < 200
