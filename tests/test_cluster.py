@@ -22,6 +22,8 @@ from websockets.trio.client import ClientConnection, connect
 
 from redis_cluster import RedisCluster
 from redis_cluster import fresh_redis_cluster_fixture as fresh_redis_cluster_fixture
+from redis_server import RedisServer
+from redis_server import redis_server_fixture as redis_server_fixture
 from trio_wsmgr import (
     BackendUnavailable,
     Broadcaster,
@@ -253,6 +255,27 @@ def test_the_cluster_fixture_is_three_healthy_shards_over_all_the_channels(
     owners = shards_of(redis_cluster, CHANNELS)
     assert len(owners) == 3, "the test channels cover every shard"
     assert all(len(channels) >= 5 for channels in owners.values())
+
+
+async def test_cluster_mode_against_a_plain_server_says_why_once_and_serves_locally(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = RedisBackend(
+        redis_server.url, cluster=True, backoff=Backoff(initial=0.01, maximum=0.05)
+    )
+    async with running_node("a", backend) as a, subscriber(a, ["lobby"]) as ws:
+        stats = backend.statistics()
+        assert (stats.connected, stats.degraded, stats.shards) == (False, False, ())
+        for _ in range(20):
+            with pytest.raises(BackendUnavailable) as caught:
+                await a.broadcaster.broadcast("lobby", "a|lobby|0")
+            assert caught.value.delivered == 1
+            with trio.fail_after(WAIT):
+                assert await ws.recv() == "a|lobby|0", "served locally all the same"
+            await trio.sleep(0.01)  # several layout reads fail meanwhile
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert "cluster support disabled" in warnings[0]
 
 
 # -- delivery on a healthy cluster -----------------------------------------------------------

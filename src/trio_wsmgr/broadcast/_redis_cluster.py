@@ -244,6 +244,7 @@ class ClusterPubSub:
     async def _refresh(self) -> bool:
         """Read the layout from the first node that answers; start and stop shards to match."""
         healthy = [address for address, shard in self.shards.items() if shard.up]
+        errors: dict[Address, object] = {}
         for address in self.topology.candidates(healthy):
             try:
                 with trio.fail_after(self.connect_timeout):
@@ -253,21 +254,24 @@ class ClusterPubSub:
                     finally:
                         await connection.aclose()
             except (OSError, trio.TooSlowError, ServerError) as exc:
-                logger.debug("reading the cluster layout from %s failed: %r", _name(address), exc)
+                errors[address] = exc
                 continue
             if isinstance(reply, ServerError) or not self.topology.load(reply):
+                errors[address] = reply if isinstance(reply, ServerError) else "no slots"
                 continue
             if self._outage_logged:
                 logger.info("Redis Cluster layout read again from %s", _name(address))
                 self._outage_logged = False
             self._apply()
             return True
+        tried = "; ".join(f"{_name(address)}: {error!r}" for address, error in errors.items())
         if not self._outage_logged:
             self._outage_logged = True
             logger.warning(
-                "no Redis Cluster node answers (tried %s); retrying with backoff",
-                ", ".join(_name(a) for a in self.topology.known),
+                "no Redis Cluster node gave its layout (%s); retrying with backoff", tried
             )
+        else:
+            logger.debug("no Redis Cluster node gave its layout (%s)", tried)
         return False
 
     def _apply(self) -> None:
