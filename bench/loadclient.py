@@ -261,9 +261,12 @@ class Load:
                             self.seq_errors += 1
                     if head + length == self.frame:
                         self.frames(client, data, pos, 1, first, now)
-                    else:
+                    else:  # another size (a compressed frame): counted, and timed too
                         client.count += 1
                         self.total += 1
+                        if not self.first:
+                            self.first = now
+                        self.last = now
             elif opcode == 9:  # the pong must echo the ping's payload
                 payload = data[pos + head : end]
                 self.send(client, bytes((0x8A, 0x80 | len(payload))) + ZERO_MASK + payload)
