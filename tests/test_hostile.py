@@ -364,3 +364,29 @@ def test_random_handshake_bytes_get_an_answer_or_a_drop(data: bytes) -> None:
         assert mgr._connection_scopes == set()
 
     trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def test_a_failing_reader_costs_its_own_connection_only(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, autojump_clock: Any
+) -> None:
+    from trio_wsmgr.protocol._reader import FrameReader
+
+    original = FrameReader.feed
+
+    def feed(self: FrameReader, data: bytes | bytearray) -> list[Any]:
+        events = original(self, data)
+        if "boom" in events:
+            raise RuntimeError("a bug in the reader")
+        return events
+
+    monkeypatch.setattr(FrameReader, "feed", feed)
+    mgr = manager()
+    with caplog.at_level(logging.ERROR, logger="trio_wsmgr"):
+        async with open_peer(mgr, echo) as bystander, open_peer(mgr, echo) as peer:
+            await peer.send("boom")
+            code, _ = await peer.wait_closed()
+            assert code == 1011
+            await bystander.send("still fine")
+            assert await bystander.receive() == "still fine"
+            assert mgr.get_active_connections() == 1
+    assert any("reader of" in r.getMessage() for r in caplog.records)

@@ -120,3 +120,13 @@ def test_a_frame_over_the_limit_fails_before_its_payload_arrives() -> None:
     wire = client.send(BytesMessage(data=b"x" * 5000))
     assert reader.feed(wire[:10]) == []  # the header alone says it is too big
     assert reader.failure == (1009, "message too big")
+
+
+@pytest.mark.parametrize("target", [b"/caf\xc3\xa9", b"/a\x7fb", b"ws://host/"])
+def test_a_target_outside_visible_ascii_is_a_400_not_a_crash(target: bytes) -> None:
+    _, data = client_and_request()
+    head = data.partition(b"\r\n\r\n")[0].replace(b"GET / ", b"GET " + target + b" ", 1)
+    head = head.replace(b"GET /chat?x=1 ", b"GET " + target + b" ", 1)
+    with pytest.raises(HandshakeError) as info:
+        parse_request(head)
+    assert info.value.status == 400

@@ -138,11 +138,6 @@ async def test_manager_close_sends_1001_over_tls(
         assert ws.close_code == 1001
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: a cancelled connection over a non-socket stream (TLS) gets no close "
-    "frame (1006) since the one-cancel-scope-per-connection core; fix it, then drop this mark",
-)
 async def test_cancelling_serve_closes_tls_sockets_with_1001(
     server_context: ssl.SSLContext, client_context: ssl.SSLContext
 ) -> None:

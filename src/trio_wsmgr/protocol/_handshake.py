@@ -32,6 +32,8 @@ _GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 #: a field value: visible characters, spaces and tabs (obs-text allowed)
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+#: an origin-form request target: visible ASCII only (RFC 9112 3.2.1)
+_TARGET = re.compile(rb"/[\x21-\x7e]*\Z")
 _REASONS = {
     400: b"Bad Request",
     401: b"Unauthorized",
@@ -132,7 +134,7 @@ def parse_request(head: bytes) -> UpgradeRequest:
         raise _bad("HTTP/1.1 required")
     if method != b"GET":
         raise _bad("the method must be GET")
-    if not raw_target.startswith(b"/") or _BAD_VALUE.search(raw_target) or b" " in raw_target:
+    if not _TARGET.match(raw_target):
         raise _bad("malformed request target")
     headers: list[tuple[str, str]] = []
     host = upgrade = key = version_value = None

@@ -28,7 +28,7 @@ from ..protocol._handshake import (
     reject_response,
 )
 from ..protocol._message import Outgoing
-from ._accepted import HeartbeatHost, TwsAnswer
+from ._accepted import AcceptedSocket, HeartbeatHost, TwsAnswer
 from ._answer import Answer, StreamAnswer, read_head, request_info, write_and_close
 from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
 from ._context import Counters, SocketContext
@@ -140,6 +140,7 @@ class WebSocketManager:
     _close_code: tuple[int, str] = attrs.field(
         init=False, repr=False, default=(CloseCode.GOING_AWAY, "")
     )
+    _grace_over: bool = attrs.field(init=False, repr=False, default=False)
     _counters: Counters = attrs.field(init=False, repr=False, factory=Counters)
     _context: SocketContext = attrs.field(init=False, repr=False)
     _rejected: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
@@ -314,6 +315,8 @@ class WebSocketManager:
                     scope = nursery.cancel_scope
                     self._connection_scopes.add(scope)
                     await self._serve_connection(handler, buffered, nursery)
+        except Exception:  # a bug must cost this connection only, never serve() and the others
+            logger.exception("connection over %r failed", stream)
         finally:
             with trio.CancelScope(shield=True):
                 await buffered.aclose()
@@ -409,7 +412,10 @@ class WebSocketManager:
         reply itself. ``manager.close()`` cancels ``scope`` once its grace is
         over: then there is no grace left here.
         """
-        grace = 0.0 if scope.cancel_called else self.close_timeout
+        # Not scope.cancel_called: a nursery also cancels itself when a child ends in Cancelled.
+        grace = 0.0 if self._grace_over else self.close_timeout
+        if not isinstance(sock, AcceptedSocket):
+            sock._stream.detach()  # the shielded close writes (and reads) for itself
         with trio.CancelScope(shield=True) as shield:
             shield.deadline = trio.current_time() + grace
             await sock.close(code, reason)
@@ -669,6 +675,7 @@ class WebSocketManager:
             sock.close_nowait(*self._close_code)
         with trio.move_on_after(self.close_timeout):
             await self._wait_no_connections()
+        self._grace_over = True  # connections cancelled from here on get no more grace
         for scope in list(self._connection_scopes):
             scope.cancel()
         await self._wait_no_connections()

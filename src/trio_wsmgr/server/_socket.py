@@ -388,6 +388,7 @@ class ManagedSocket:
         self.close_nowait(code, reason)
         try:
             with trio.move_on_after(self._context.close_timeout):
+                await self._stream.flush()  # the close frame, if no writer task can send it
                 await self._wait_reply()
         finally:
             if not self._ended:
@@ -539,6 +540,11 @@ class ManagedSocket:
                 self._dispatch(reader.feed(data))
             finished = True
         except _STREAM_ERRORS:
+            finished = True
+        except Exception:  # a bug here must cost this connection only, never the server
+            logger.exception("reader of %r failed", self)
+            if reader.failure is None:
+                reader.failure = (CloseCode.INTERNAL_ERROR, "internal error")
             finished = True
         finally:
             self._scope = None

@@ -67,6 +67,7 @@ class BufferedStream(trio.abc.Stream):
         "_queued_total",
         "_unread",
         "_writer_running",
+        "_writer_scope",
         "_writing",
         "buffered",
         "close_frame_sent",
@@ -95,6 +96,7 @@ class BufferedStream(trio.abc.Stream):
         self._broken: BaseException | None = None
         self._nursery: trio.Nursery | None = None  # where to start a writer on demand
         self._writer_running = False
+        self._writer_scope: trio.CancelScope | None = None  # the on-demand writer's shield
         self._parked_writer: trio.lowlevel.Task | None = None  # run() waiting for bytes
         self._flush_lot: trio.lowlevel.ParkingLot | None = None  # made on first wait
         #: a WebSocket close frame went through :meth:`send_all`: data frames must not follow
@@ -199,11 +201,40 @@ class BufferedStream(trio.abc.Stream):
             self._writer_running = True
             nursery.start_soon(self._write_backlog)
 
-    async def _write_backlog(self) -> None:
-        """Drain the queue, then end (the on-demand writer)."""
+    def detach(self) -> None:
+        """Start no more writer tasks: from now on :meth:`flush` writes in its caller's task.
+
+        For a connection's final close: when the connection is being cancelled, a
+        writer started in its nursery would be cancelled in the middle of a write
+        (which breaks a TLS stream), so the shielded close writes for itself.
+        """
+        self._nursery = None
+
+    async def flush(self) -> None:
+        """Write what is queued, in this task if no writer task is doing it."""
+        if self._writer_running:
+            await self.wait_below(1)
+            return
+        if not self._queue or self.closed:
+            return
+        self._writer_running = True
         try:
             await self._drain()
         finally:
+            self._writer_running = False
+
+    async def _write_backlog(self) -> None:
+        """Drain the queue, then end (the on-demand writer).
+
+        Shielded: cancelling a write half way breaks a TLS stream (and leaves a
+        frame cut in two on any stream), so the connection's cancellation does
+        not reach it; closing the stream does (:meth:`_mark_closed` cancels it).
+        """
+        try:
+            with trio.CancelScope(shield=True) as self._writer_scope:
+                await self._drain()
+        finally:
+            self._writer_scope = None
             self._writer_running = False
 
     async def _drain(self) -> None:
@@ -320,6 +351,8 @@ class BufferedStream(trio.abc.Stream):
             finally:
                 self._closed = True
                 self.closed = True
+                if self._writer_scope is not None:  # no write can matter any more
+                    self._writer_scope.cancel()
                 self._wake_writer()
                 self._wake_flush_waiters()
 
