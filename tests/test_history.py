@@ -29,6 +29,7 @@ from redis_cluster import RedisCluster
 from redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from test_broadcaster import Engine, LoopbackBackend, MemoryEngine, RedisEngine
 from trio_wsmgr import (
+    BackendUnavailable,
     Broadcaster,
     ManagedSocket,
     MemoryBackend,
@@ -587,3 +588,30 @@ async def test_a_socket_unsubscribed_during_its_replay_gets_no_replay() -> None:
             backend.gate.set()
         (r,) = readers
         assert r.early == []  # nothing replayed to a socket that left
+
+
+async def test_a_live_subscriber_sees_the_new_epoch_when_the_history_is_lost(
+    engine: Engine,
+) -> None:
+    async with two_history_nodes(engine) as (a, b), reader(a, "x") as x:
+        await b.broadcaster.broadcast("news", "old")
+        old = await x.envelope()
+        if isinstance(engine, MemoryEngine):
+            engine.hub.forget_history()
+        else:
+            assert isinstance(engine, RedisEngine)
+            await engine.go_down()
+            await engine.come_back()
+        with trio.fail_after(WAIT):  # both nodes reconnect (and resubscribe) by themselves
+            for node in (a, b):
+                while not getattr(node.broadcaster.statistics().backend, "connected", True):
+                    await trio.sleep(0.05)
+            while True:
+                try:
+                    await b.broadcaster.broadcast("news", "new")
+                    break
+                except BackendUnavailable:
+                    await trio.sleep(0.05)
+        new = await x.envelope()  # a resubscribed by itself; the envelope tells the story
+        assert (new["data"], new["offset"]) == ("new", 1)
+        assert new["epoch"] != old["epoch"]
