@@ -28,6 +28,7 @@ from .broadcast._broadcaster import Channel as Channel
 from .broadcast._history import Publication as Publication
 from .broadcast._history import StreamPosition as StreamPosition
 from .broadcast._history import SubscribeResult as SubscribeResult
+from .broadcast._presence import Presence as Presence
 from .client._connection import PooledConnection as PooledConnection
 from .client._health import HealthState as HealthState
 from .client._health import HealthStatus as HealthStatus
@@ -82,6 +83,7 @@ __all__ = [
     "PoolTimeout",
     "PooledConnection",
     "Publication",
+    "Presence",
     "RedisBackend",
     "RequestRejected",
     "Server",

@@ -49,12 +49,15 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Collection
-from typing import ClassVar, TypeAlias
+from typing import TYPE_CHECKING, ClassVar, TypeAlias
 
 import attrs
 import trio
 
 from ._history import HistoryPage, StreamPosition
+
+if TYPE_CHECKING:
+    from ._presence import PresenceStore
 
 #: ``receive(topic, data)``: what :meth:`Backend.run` calls for each incoming message.
 Receiver: TypeAlias = Callable[[str, bytes], None]
@@ -143,6 +146,15 @@ class Backend(abc.ABC):
     ) -> HistoryPage:
         """Read ``topic``'s history: up to ``limit`` entries after offset ``after``."""
         raise NotImplementedError(f"{type(self).__name__} keeps no channel history")
+
+    def presence_store(self) -> PresenceStore | None:
+        """Where the Broadcaster keeps presence entries; None (the default): no presence.
+
+        A backend that shares presence between nodes returns a
+        ``PresenceStore`` (see ``trio_wsmgr.broadcast._presence``); the
+        Broadcaster calls this once, when it starts.
+        """
+        return None
 
     def statistics(self) -> BackendStatistics | None:
         """A snapshot of the backend's state, or None if this backend cannot tell.

@@ -37,7 +37,7 @@ import trio
 
 from .._exceptions import BackendUnavailable, InvalidChannelName
 from .._util import unwrap_single_group
-from .._validators import count, instance_of
+from .._validators import count, instance_of, seconds
 from ..protocol._frames import OPCODE_BINARY, OPCODE_TEXT
 from ..protocol._message import Outgoing
 from ..server._fanout import ON_FULL_CHOICES, OnFull, check_on_full, deliver, deliver_nowait
@@ -58,6 +58,7 @@ from ._history import (
     split_positioned,
 )
 from ._memory import MemoryBackend
+from ._presence import LocalPresence, Presence, PresenceKeeper
 
 #: the longest channel name accepted
 MAX_CHANNEL_NAME_LENGTH: Final = 200
@@ -244,6 +245,10 @@ class Broadcaster:
         Topics used for :meth:`send_to_user` (default 1). On Redis Cluster a
         larger number spreads user traffic over the shards. Every node must use
         the same value.
+    ``presence_ttl``
+        Seconds (default 30) within which a node that died without cleaning
+        up drops out of every :meth:`presence`: each node renews a lease on
+        its presence entries every third of it.
 
     Use it as ``async with broadcaster:``; the backend's listener and the
     Broadcaster's two tasks run in a nursery that ends with the block. What can
@@ -256,6 +261,7 @@ class Broadcaster:
     )
     inbox_size: int = attrs.field(default=1024, validator=count(1))
     user_shards: int = attrs.field(default=1, validator=count(1))
+    presence_ttl: float = attrs.field(default=30.0, validator=seconds)
 
     _node: bytes = attrs.field(init=False, factory=lambda: os.urandom(8))
     _channels: dict[str, Channel] = attrs.field(init=False, factory=dict)
@@ -280,6 +286,8 @@ class Broadcaster:
     _state: str = attrs.field(init=False, default="new")
     _lifetime_cm: Any = attrs.field(init=False, default=None)
     _counts: dict[str, int] = attrs.field(init=False)
+    _local_presence: LocalPresence = attrs.field(init=False, factory=LocalPresence)
+    _keeper: PresenceKeeper | None = attrs.field(init=False, default=None)
 
     def __attrs_post_init__(self) -> None:
         names = "broadcasts local_deliveries published publish_failures received"
@@ -495,6 +503,7 @@ class Broadcaster:
         members = self._members.setdefault(name, {})
         if sock.id not in members:
             members[sock.id] = sock
+            self._presence_add(name, sock)
             names = self._memberships.setdefault(sock.id, set())
             names.add(name)
             if len(names) == 1:
@@ -521,6 +530,9 @@ class Broadcaster:
         members = self._members.get(name)
         if members is None or members.pop(sock.id, None) is None:
             return
+        self._local_presence.remove(name, sock.user_id)
+        if self._keeper is not None:
+            self._keeper.changed()
         self._memberships.get(sock.id, set()).discard(name)
         stream = self._streams.get(name)
         if stream is not None:
@@ -536,6 +548,35 @@ class Broadcaster:
         for name in list(self._memberships.get(sock.id, ())):
             self._remove(sock, name)
         self._memberships.pop(sock.id, None)
+
+    # -- presence ------------------------------------------------------------------------
+
+    def _presence_add(self, name: str, sock: ManagedSocket) -> None:
+        self._local_presence.add(name, sock.user_id)
+        if self._keeper is not None:
+            self._keeper.changed()
+
+    async def presence(self, channel: str) -> Presence:
+        """Who is subscribed to ``channel`` on every live node: a :class:`Presence`.
+
+        ``users`` maps each user id to its subscribed sockets, ``anonymous``
+        counts sockets without a user id, ``total`` all of them. This node's
+        part is exact; other nodes' parts are as they last wrote them (at
+        once after each change). A node that died without cleaning up is
+        left out within ``presence_ttl``. Costs one or two round trips to
+        the backend and O(users in the channel). Raises
+        :class:`~trio_wsmgr.BackendUnavailable` when the backend cannot be
+        reached, :exc:`NotImplementedError` for a backend without presence.
+        """
+        self._check_running()
+        name = check_channel_name(channel)
+        store = self.backend.presence_store() if self._keeper is None else self._keeper.store
+        if store is None:
+            raise NotImplementedError(f"{self.backend!r} does not share presence")
+        remote = await store.read(name)
+        remote.pop(self.node_id, None)  # this node's part comes from memory, not the store
+        local = self._local_presence.counts(name)
+        return Presence.merge([*remote.values(), *([local] if local is not None else [])])
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -799,12 +840,21 @@ class Broadcaster:
                     nursery.start_soon(self._run_inbox, receive)
                     self._syncing = True
                     nursery.start_soon(self._run_sync)
+                    store = self.backend.presence_store()
+                    if store is not None:
+                        self._keeper = PresenceKeeper(
+                            store, self.node_id, self.presence_ttl, self._local_presence
+                        )
+                        nursery.start_soon(self._keeper.run)
                     self._state = "running"
                     try:
                         await self._wait_synced(self._requested)
                         yield self
                     finally:
                         self._state = "closed"
+                        if self._keeper is not None:  # remove our entries while connected
+                            with trio.CancelScope(shield=True):
+                                await self._keeper.stop()
                         nursery.cancel_scope.cancel()
         finally:
             self._state = "closed"
@@ -817,6 +867,7 @@ class Broadcaster:
                 sock.remove_close_callback(self._on_close)
         self._members.clear()
         self._memberships.clear()
+        self._local_presence.clear()
 
 
 #: history size assumed for a channel with history that this node did not create

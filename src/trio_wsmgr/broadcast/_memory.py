@@ -18,6 +18,7 @@ import trio
 from .._exceptions import BackendUnavailable
 from ._backend import Backend, BackendStatistics, Receiver
 from ._history import HistoryPage, Ring, StreamPosition, encode_positioned
+from ._presence import MemoryPresence, PresenceStore, PresenceTable
 
 
 @attrs.define(eq=False)
@@ -34,6 +35,7 @@ class MemoryHub:
     published: int = attrs.field(init=False, default=0)
     _members: dict[str, set[MemoryBackend]] = attrs.field(init=False, factory=dict, repr=False)
     _rings: dict[str, Ring] = attrs.field(init=False, factory=dict, repr=False)
+    _presence: PresenceTable = attrs.field(init=False, factory=PresenceTable, repr=False)
 
     def subscribers(self, topic: str) -> int:
         """How many backends are subscribed to ``topic`` (Redis' PUBSUB NUMSUB)."""
@@ -173,6 +175,9 @@ class MemoryBackend(Backend):
         self._topics.difference_update(topics)
         self.hub._leave(self, topics)
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+    def presence_store(self) -> PresenceStore:
+        return MemoryPresence(self.hub)
 
     def statistics(self) -> BackendStatistics:
         return BackendStatistics(

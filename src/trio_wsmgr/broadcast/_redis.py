@@ -44,6 +44,7 @@ from ._backend import Backend, BackendStatistics, Receiver
 from ._history import HistoryPage, StreamPosition
 from ._redis_cluster import ClusterPubSub
 from ._redis_resp import Credentials, key_slot
+from ._presence import PresenceStore
 
 if TYPE_CHECKING:
     import coredis
@@ -439,6 +440,36 @@ class RedisBackend(Backend):
             await cluster.subscribe(channels)
         else:
             await cluster.unsubscribe(channels)
+
+    # -- the hook for presence (broadcast/_presence_redis.py) ------------------------
+
+    def presence_store(self) -> PresenceStore:
+        from ._presence_redis import RedisPresence
+
+        return RedisPresence(self)
+
+    async def _command(self, key: str, *args: bytes | str | int) -> object:
+        """One command about ``key`` over this backend's connections; the raw RESP3 reply.
+
+        On a single server it goes over the pub/sub connection (RESP3 allows
+        it), in order with the node's publications; on a cluster to the master
+        that owns ``key``'s slot. Raises :class:`~trio_wsmgr.BackendUnavailable`
+        when not connected; other failures come out as they are.
+        """
+        if self.cluster:
+            cluster = self._cluster
+            if cluster is None:
+                await trio.lowlevel.checkpoint()
+                raise BackendUnavailable(
+                    f"not connected to the Redis Cluster at {_redact(self.url)}", delivered=0
+                )
+            return await cluster.execute(key_slot(key.encode()), *args)
+        pubsub = self._pubsub
+        if pubsub is None:
+            await trio.lowlevel.checkpoint()
+            raise BackendUnavailable(f"not connected to Redis at {_redact(self.url)}", delivered=0)
+        reply: object = await pubsub.connection.create_request(*args)
+        return reply
 
     # -- sessions -------------------------------------------------------------------
 
