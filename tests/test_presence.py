@@ -20,7 +20,7 @@ import pytest
 import trio
 import trio.testing
 
-from redis_server import RedisServer, redis_cluster_fixture, redis_server_fixture  # noqa: F401
+from redis_server import RedisServer, redis_server_fixture  # noqa: F401
 from test_broadcaster import WAIT, Engine, MemoryEngine, RedisEngine, client, running_node
 from trio_wsmgr import BackendUnavailable, Broadcaster, ManagedSocket, Presence, WebSocketManager
 from trio_wsmgr.backends import Backend, MemoryBackend, MemoryHub, Receiver, RedisBackend
@@ -29,7 +29,13 @@ from trio_wsmgr.testing import open_peer
 CHANNEL = "room:lobby"
 
 
-@pytest.fixture(params=["memory", "redis_server", "redis_cluster"])
+@pytest.fixture(
+    params=[
+        "memory",
+        pytest.param("redis_server", marks=pytest.mark.redis),
+        pytest.param("redis_cluster", marks=pytest.mark.redis_cluster),
+    ]
+)
 def engine(request: pytest.FixtureRequest) -> Engine:
     if request.param == "memory":
         return MemoryEngine()
