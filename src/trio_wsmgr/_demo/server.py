@@ -1,4 +1,4 @@
-"""The demo chat server: rooms over a Broadcaster, rosters from the manager's user index.
+"""The demo chat server: rooms over a Broadcaster, rosters from its presence.
 
 The page (``static/``) and the server speak JSON objects with a ``type``:
 
@@ -6,8 +6,8 @@ The page (``static/``) and the server speak JSON objects with a ``type``:
 client     ``{"type": "join", "room": "lobby", "since": null}``, ``{"type": "say", "text": "hi"}``
 server     ``welcome`` (your name, this node, default rooms, compression on or not),
            ``joined`` (room, recovered, epoch, offset), ``message`` (room, user,
-           text, time: inside a history envelope), ``presence`` (one
-           node's roster of a room), ``stats`` (counts and your heartbeat RTT),
+           text, time: inside a history envelope), ``presence`` (a room's
+           roster over every node), ``stats`` (counts and your heartbeat RTT),
            ``error``
 =========  ==========================================================================
 
@@ -16,11 +16,12 @@ Each socket is in at most one room; room ``x`` is Broadcaster channel ``room:x``
 Redis backend every node running the demo shares the rooms. The page resumes
 after a reconnect: it joins with ``since``, its last ``{"epoch", "offset"}``,
 and gets the messages it missed before the live ones (``joined`` says whether
-that was possible: ``recovered``). Rosters
-are per node: each node broadcasts the users it has in a room (from the
-manager's user index) whenever that changes and every ``presence_interval``
-(so a page joining on another node sees them within that time); pages merge
-the rosters of all nodes and forget a node that stops refreshing.
+that was possible: ``recovered``). Rosters come from
+``broadcaster.presence("room:x")`` (every node's subscribers, a dead node's
+gone within ``presence_ttl``): when a page joins or leaves a room, its node
+broadcasts the room's new roster to every node; every ``presence_interval``
+each node also sends the rosters of its rooms to its own pages, which catches
+up with changes made elsewhere.
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ DEFAULT_ROOMS: Final = ("lobby", "random", "trio")
 #: messages each room keeps for pages that reconnect
 ROOM_HISTORY: Final = 200
 MAX_TEXT: Final = 500
+#: a demo process killed without cleaning up leaves the rosters within this many seconds
+PRESENCE_TTL: Final = 6.0
 _NAME = re.compile(r"[\w.-]{1,20}")
 _ROOM = re.compile(r"[a-z0-9][a-z0-9-]{0,31}")
 _STATIC: Final = {
@@ -162,7 +165,7 @@ class ChatServer:
     broadcaster: Broadcaster
     #: seconds between pushes of the counters and RTT to every page
     stats_interval: float = 1.0
-    #: seconds between full roster refreshes (changes go out at once)
+    #: seconds between roster refreshes to this node's pages (changes go out at once)
     presence_interval: float = 2.0
 
     _dirty: set[str] = attrs.field(init=False, factory=set)
@@ -174,15 +177,16 @@ class ChatServer:
 
     # -- decisions (sync) --------------------------------------------------------------
 
-    def roster(self, room: str) -> list[dict[str, Any]]:
-        """This node's users in ``room``, from the manager's user index."""
-        users = []
-        for user in sorted(self.manager.users()):
-            sockets = self.manager.get_user_sockets(user)
-            here = sum(1 for sock in sockets if sock.metadata.get("room") == room)
-            if here:
-                users.append({"name": user, "sockets": here})
-        return users
+    async def roster(self, room: str) -> dict[str, Any]:
+        """The ``presence`` message of ``room``: its users over every node."""
+        presence = await self.broadcaster.presence(channel_of(room))
+        return {
+            "type": "presence",
+            "room": room,
+            "node": self.node,
+            "users": [{"name": name, "sockets": n} for name, n in sorted(presence.users.items())],
+            "total": presence.total,
+        }
 
     def local_rooms(self) -> set[str]:
         return {room for sock in self.manager.sockets() if (room := sock.metadata.get("room"))}
@@ -266,7 +270,7 @@ class ChatServer:
             # sends what the page missed since its last position, then the live ones
             result = await self.broadcaster.subscribe(sock, chat, since=since)
             sock.metadata["room"] = room
-            self._changed(old)  # only now: the rosters are computed from metadata
+            self._changed(old)  # after the (un)subscriptions: rosters come from them
             self._changed(room)
         else:
             result = await self.broadcaster.subscribe(sock, chat)
@@ -317,22 +321,18 @@ class ChatServer:
             with trio.move_on_after(self.presence_interval) as timer:
                 while not self._dirty:
                     await self._wake.park()
-            rooms, self._dirty = self._dirty, set()
-            if timer.cancelled_caught:
-                rooms |= self.local_rooms()
-            for room in sorted(rooms):
-                await self._publish_presence(room)
+            changed, self._dirty = self._dirty, set()
+            refresh = self.local_rooms() - changed if timer.cancelled_caught else set()
+            for room in sorted(changed | refresh):
+                # a change goes to every node's pages, a refresh to this node's
+                await self._publish_presence(room, local_only=room not in changed)
 
-    async def _publish_presence(self, room: str) -> None:
-        message = {
-            "type": "presence",
-            "room": room,
-            "node": self.node,
-            "users": self.roster(room),
-            "ttl": 3 * self.presence_interval,
-        }
+    async def _publish_presence(self, room: str, *, local_only: bool) -> None:
         with suppress(BackendUnavailable):  # the next refresh tries again
-            await self.broadcaster.broadcast(channel_of(room), message, on_full="drop")
+            message = await self.roster(room)
+            await self.broadcaster.broadcast(
+                channel_of(room), message, on_full="drop", local_only=local_only
+            )
 
 
 @attrs.frozen
@@ -394,7 +394,9 @@ async def run_demo(
     routes = static_routes()
     if manager is None:
         manager = build_manager()
-    broadcaster = Broadcaster() if backend is None else Broadcaster(backend=backend)
+    broadcaster = Broadcaster(presence_ttl=PRESENCE_TTL)
+    if backend is not None:
+        broadcaster = Broadcaster(backend=backend, presence_ttl=PRESENCE_TTL)
     with trio.CancelScope() as scope:
         async with broadcaster, trio.open_nursery() as nursery:
             chat = ChatServer(manager, broadcaster)

@@ -18,7 +18,7 @@ const state = {
   room: null,
   wantedRoom: roomFromHash() || DEFAULT_ROOM,
   rooms: new Set(),
-  rosters: new Map(), // node id -> {users: [{name, sockets}], expires: ms}
+  roster: [], // [{name, sockets}]: the room's users over every node (the server's presence)
   retries: 0,
   retryTimer: null,
   shownRoom: null, // the room whose messages are on screen
@@ -67,7 +67,7 @@ function connect() {
   ws.addEventListener("close", (event) => {
     if (state.ws !== ws) return; // replaced by a newer connection (a rename)
     state.room = null;
-    state.rosters.clear();
+    state.roster = [];
     renderUsers();
     const why = event.code === 1001 ? "server going away" : `closed ${event.code}`;
     const delay = Math.min(10000, 500 * 2 ** state.retries) * (0.75 + Math.random() / 2);
@@ -129,7 +129,7 @@ const handlers = {
     if (data.room !== state.room) {
       state.room = data.room;
       state.rooms.add(data.room);
-      state.rosters.clear();
+      state.roster = [];
       if (!resumed) {
         $("messages").replaceChildren();
         state.shownRoom = data.room;
@@ -167,7 +167,7 @@ const handlers = {
 
   presence(data) {
     if (data.room !== state.room) return;
-    state.rosters.set(data.node, { users: data.users, expires: Date.now() + data.ttl * 1000 });
+    state.roster = data.users;
     renderUsers();
   },
 
@@ -223,24 +223,12 @@ function renderRooms() {
 }
 
 function renderUsers() {
-  const now = Date.now();
-  const merged = new Map(); // name -> sockets, over every node's roster
-  for (const [node, roster] of state.rosters) {
-    if (roster.expires < now) {
-      state.rosters.delete(node);
-      continue;
-    }
-    for (const user of roster.users) {
-      merged.set(user.name, (merged.get(user.name) || 0) + user.sockets);
-    }
-  }
   const list = $("users");
   list.replaceChildren();
-  for (const name of [...merged.keys()].sort()) {
+  for (const { name, sockets } of state.roster) {
     const item = document.createElement("li");
     item.dataset.user = name;
     item.textContent = name;
-    const sockets = merged.get(name);
     const notes = [];
     if (name === state.me) notes.push("you");
     if (sockets > 1) notes.push(`${sockets} tabs`);
@@ -290,5 +278,4 @@ window.addEventListener("hashchange", () => {
   if (room && room !== state.room) join(room);
 });
 
-setInterval(renderUsers, 1000); // forget the rosters of nodes that stopped refreshing
 connect();
