@@ -836,7 +836,8 @@ class Broadcaster:
             with unwrap_single_group(), send, receive:
                 async with trio.open_nursery() as nursery:
                     self._inbox = send
-                    await nursery.start(self.backend.run, self._receive)
+                    backend_scope = trio.CancelScope()
+                    await nursery.start(self._run_backend, backend_scope)
                     nursery.start_soon(self._run_inbox, receive)
                     self._syncing = True
                     nursery.start_soon(self._run_sync)
@@ -846,6 +847,9 @@ class Broadcaster:
                             store, self.node_id, self.presence_ttl, self._local_presence
                         )
                         nursery.start_soon(self._keeper.run)
+                        # The keeper removes our entries at exit, over the backend's
+                        # connection: keep it up until then, even when cancelled.
+                        backend_scope.shield = True
                     self._state = "running"
                     try:
                         await self._wait_synced(self._requested)
@@ -855,11 +859,18 @@ class Broadcaster:
                         if self._keeper is not None:  # remove our entries while connected
                             with trio.CancelScope(shield=True):
                                 await self._keeper.stop()
+                        backend_scope.cancel()
                         nursery.cancel_scope.cancel()
         finally:
             self._state = "closed"
             self._inbox = None
             self._release_sockets()
+
+    async def _run_backend(
+        self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
+    ) -> None:
+        with scope:
+            await self.backend.run(self._receive, task_status=task_status)
 
     def _release_sockets(self) -> None:
         for members in self._members.values():
