@@ -496,3 +496,68 @@ def test_two_demo_processes_share_rooms_through_redis(redis_server: RedisServer)
             pass
         assert message["text"] == "from process one"
         assert message["user"] == "alice"
+
+
+#: connections tried before giving up on reaching the second worker; the kernel spreads
+#: them by source port, so all landing on one worker is a (1/2)**MAX_TRIES event
+MAX_TRIES = 100
+
+
+def next_of(ws: Any, kind: str, **fields: Any) -> dict[str, Any]:
+    """Read (sync client) until a message of type ``kind`` with ``fields``."""
+    while True:
+        message = json.loads(ws.recv(timeout=WAIT))
+        if message["type"] == kind and all(message.get(k) == v for k, v in fields.items()):
+            return dict(message)
+
+
+@pytest.mark.redis
+def test_two_workers_on_one_port_share_rooms_and_stop_with_1001(
+    redis_server: RedisServer,
+) -> None:
+    with (
+        demo_process("--workers", "2", "--redis", redis_server.url) as demo,
+        contextlib.ExitStack() as clients,
+    ):
+        opened = []
+        by_node: dict[str, tuple[str, Any]] = {}
+        while len(by_node) < 2:
+            assert len(opened) < MAX_TRIES, "every connection went to the same worker"
+            name = f"user{len(opened)}"
+            ws = clients.enter_context(sync_connect(f"{demo.ws_url}?name={name}"))
+            opened.append(ws)
+            by_node.setdefault(next_of(ws, "welcome")["node"], (name, ws))
+        (one_name, one), (two_name, two) = by_node.values()
+        for ws in (one, two):
+            ws.send(json.dumps({"type": "join", "room": "shared"}))
+            next_of(ws, "joined")
+        one.send(json.dumps({"type": "say", "text": "from worker one"}))
+        assert next_of(two, "message", text="from worker one")["user"] == one_name
+        two.send(json.dumps({"type": "say", "text": "from worker two"}))
+        assert next_of(one, "message", text="from worker two")["user"] == two_name
+        # the roster of the room covers both workers (presence through Redis)
+        while sorted(u["name"] for u in next_of(one, "presence")["users"]) != sorted(
+            [one_name, two_name]
+        ):
+            pass
+
+        status, stderr = demo.interrupt()
+        for ws in opened:
+            with contextlib.suppress(WsClosed):
+                while ws.recv(timeout=WAIT):
+                    pass
+            assert ws.close_code == 1001
+        assert status == 0
+        assert "Traceback" not in stderr
+
+
+def test_workers_without_redis_is_a_one_line_error() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "trio_wsmgr", "demo", "--workers", "2"],
+        capture_output=True,
+        text=True,
+        timeout=WAIT,
+    )
+    assert result.returncode == 2
+    assert "--workers needs --redis" in result.stderr
+    assert "Traceback" not in result.stderr
