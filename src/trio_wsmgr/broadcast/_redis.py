@@ -42,9 +42,9 @@ from .._validators import seconds
 from . import _redis_history
 from ._backend import Backend, BackendStatistics, Receiver
 from ._history import HistoryPage, StreamPosition
+from ._presence import PresenceStore
 from ._redis_cluster import ClusterPubSub
 from ._redis_resp import Credentials, key_slot
-from ._presence import PresenceStore
 
 if TYPE_CHECKING:
     import coredis
