@@ -561,3 +561,40 @@ def test_workers_without_redis_is_a_one_line_error() -> None:
     assert result.returncode == 2
     assert "--workers needs --redis" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def children_of(pid: int) -> set[int]:
+    """Child processes of ``pid``, over all its threads (trio starts them from a thread)."""
+    found: set[int] = set()
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(FileNotFoundError), open(f"/proc/{pid}/task/{task}/children") as f:
+            found.update(int(child) for child in f.read().split())
+    return found
+
+
+@pytest.mark.redis
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_worker_that_dies_is_restarted_and_serves_again(redis_server: RedisServer) -> None:
+    import time
+
+    with demo_process("--workers", "2", "--redis", redis_server.url) as demo:
+        workers = children_of(demo.process.pid)
+        assert len(workers) == 2
+        victim = min(workers)
+        os.kill(victim, signal.SIGKILL)
+        deadline = time.monotonic() + WAIT
+        while len((now := children_of(demo.process.pid)) - workers) < 1:  # bounded poll
+            assert time.monotonic() < deadline, "the dead worker was not restarted"
+            time.sleep(0.05)
+        assert victim not in now
+        # the new worker serves: connections reach two nodes again (the survivor and it)
+        nodes = set()
+        for tries in range(MAX_TRIES):
+            with sync_connect(f"{demo.ws_url}?name=probe{tries}") as ws:
+                nodes.add(next_of(ws, "welcome")["node"])
+            if len(nodes) == 2:
+                break
+        assert len(nodes) == 2, "connections reached only one worker after the restart"
+        status, stderr = demo.interrupt()
+        assert status == 0
+        assert "Traceback" not in stderr
