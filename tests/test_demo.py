@@ -506,7 +506,7 @@ MAX_TRIES = 100
 def next_of(ws: Any, kind: str, **fields: Any) -> dict[str, Any]:
     """Read (sync client) until a message of type ``kind`` with ``fields``."""
     while True:
-        message = json.loads(ws.recv(timeout=WAIT))
+        message = unwrap(ws.recv(timeout=WAIT))
         if message["type"] == kind and all(message.get(k) == v for k, v in fields.items()):
             return dict(message)
 
