@@ -228,11 +228,11 @@ class PresenceKeeper:
                         self.local.dirty |= self._written | self.local.channels()
                 await self._write_dirty()
                 if failing:
-                    logger.info("presence entries written again")
+                    logger.debug("presence entries written again")
                 failing = False
             except BackendUnavailable as exc:
-                if not failing:
-                    logger.warning("presence not written (%s); retrying", exc)
+                if not failing:  # the backend logs the outage itself, once
+                    logger.debug("presence not written (%s); retrying", exc)
                 failing = True
                 self._rewrites = max(self._rewrites, 1)
                 refresh_at = now + min(_RETRY, interval)  # refresh and rewrite then
