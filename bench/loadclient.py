@@ -252,7 +252,7 @@ class Load:
                     if not self.frame and length == 64:
                         self.frame = head + length
                     first = client.count
-                    if length >= 10 and opcode == 1:
+                    if length >= 10 and opcode == 1 and not b0 & 0x40:  # RSV1: compressed
                         try:
                             seq = int(data[pos + head : pos + head + 8])
                         except ValueError:

@@ -1,6 +1,6 @@
 """Run the benchmarks side by side and write ``bench/results/``.
 
-    python bench/run.py [--quick] [--only fanout,latency,memory,handshakes,redis]
+    python bench/run.py [--quick] [--only fanout,deflate,latency,memory,handshakes,redis]
                         [--variants NAME,NAME] [--clients 100,1000,5000]
 
 What it measures (every server variant in its own process, the load client in
@@ -61,7 +61,12 @@ def log(*parts: object) -> None:
 
 
 def rounds_side_by_side(
-    variants: list[str], clients: int, rounds: int, command: str, mode: str
+    variants: list[str],
+    clients: int,
+    rounds: int,
+    command: str,
+    mode: str,
+    client_extra: tuple[str, ...] = (),
 ) -> dict[str, list[dict[str, Any]]]:
     """Every variant's server and load client up at once; rounds interleaved across variants.
 
@@ -73,7 +78,7 @@ def rounds_side_by_side(
         pairs = {}
         for variant in variants:
             srv, port = stack.enter_context(server(variant))
-            client = stack.enter_context(load(port, clients, mode))
+            client = stack.enter_context(load(port, clients, mode, *client_extra))
             connected = client.read(300)
             if connected["open"] != clients:
                 log(f"  {variant}: only {connected['open']} of {clients} clients connected")
@@ -116,8 +121,16 @@ def describe(variant: str, clients: int, result: dict[str, Any]) -> str:
     return text
 
 
-def fanout(variants: list[str], clients: int, rounds: int, seconds: float) -> dict[str, Any]:
-    raw = rounds_side_by_side(variants, clients, rounds, f"fanout {{clients}} {seconds}", "fanout")
+def fanout(
+    variants: list[str],
+    clients: int,
+    rounds: int,
+    seconds: float,
+    client_extra: tuple[str, ...] = (),
+) -> dict[str, Any]:
+    raw = rounds_side_by_side(
+        variants, clients, rounds, f"fanout {{clients}} {seconds}", "fanout", client_extra
+    )
     return {
         v: {
             "deliveries_per_s": median([r["deliveries_per_s"] for r in rs]),
@@ -147,13 +160,33 @@ def latency(
     return out
 
 
+#: the compressed fan-out: every client negotiates permessage-deflate (as browsers do)
+DEFLATE_VARIANTS = [OURS, BASELINE]
+DEFLATE_SIZE = 256
+
+
+def fanout_deflate(rounds: int, seconds: float) -> dict[str, Any]:
+    """Fan-out to 1,000 clients that all negotiated compression; 256-byte text messages.
+
+    The load client offers ``permessage-deflate; client_max_window_bits`` (what a
+    browser offers) and counts the compressed frames; each server keeps its
+    library's defaults.
+    """
+    os.environ["BENCH_PAYLOAD_SIZE"] = str(DEFLATE_SIZE)
+    try:
+        result = fanout(DEFLATE_VARIANTS, 1000, rounds, seconds, ("--compression",))
+    finally:
+        del os.environ["BENCH_PAYLOAD_SIZE"]
+    return {"clients": 1000, "payload_bytes": DEFLATE_SIZE, "variants": result}
+
+
 # -- main -----------------------------------------------------------------------------------
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer rounds and sizes (~2 min)")
-    parser.add_argument("--only", default="fanout,latency,memory,handshakes,redis")
+    parser.add_argument("--only", default="fanout,deflate,latency,memory,handshakes,redis")
     parser.add_argument("--variants", default=",".join(SIDE_BY_SIDE))
     parser.add_argument("--clients", default=None, help="fan-out client counts")
     parser.add_argument("--no-pin", action="store_true", help="do not pin server and client")
@@ -174,6 +207,10 @@ def main() -> None:
         # rounds at many clients carry few messages each: make them longer
         by_count = {n: fanout(variants, n, rounds, seconds * max(1.0, n / 2500)) for n in counts}
         results["fanout"] = {v: {str(n): by_count[n][v] for n in counts} for v in variants}
+    log(f"[{time.monotonic() - started:.0f} s]")
+    if "deflate" in only:
+        log("fan-out with permessage-deflate negotiated by every client (1,000 clients)")
+        results["fanout_deflate"] = fanout_deflate(rounds, 1.0 if quick else 2.0)
     log(f"[{time.monotonic() - started:.0f} s]")
     if "latency" in only:
         log("latency: 1,000 clients, 100 broadcasts/s")
@@ -312,6 +349,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     hs = {v: _get(results, "handshakes", "variants", v, "per_s") for v in VARIANTS}
     check("handshakes/s: ours / websockets asyncio", _ratio(hs[OURS], hs[BASELINE]), 1.0)
+    deflate = {
+        v: _get(results, "fanout_deflate", "variants", v, "deliveries_per_s") for v in VARIANTS
+    }
+    check(
+        "fan-out 1,000, every client compressing: ours / websockets asyncio",
+        _ratio(deflate[OURS], deflate[BASELINE]),
+        2.0,
+    )
     check(
         "channel broadcast: server CPU per delivery, channel / manager.broadcast",
         _ratio(cost[CHANNEL], cost[OURS]),
@@ -344,6 +389,31 @@ def report(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
             row.append("yes" if all(x.get("healthy") for x in by_count.values()) else "NO")
             rows.append(row)
         tables.append((f"Fan-out, deliveries/s (ratios at {mid:,} clients)", header, rows))
+    deflate = results.get("fanout_deflate")
+    if deflate:
+        header = [
+            "server",
+            "deliveries/s",
+            "vs websockets asyncio",
+            "server us/delivery",
+            "healthy",
+        ]
+        base_rate = _get(deflate, "variants", BASELINE, "deliveries_per_s")
+        rows = [
+            [
+                v,
+                _num(x["deliveries_per_s"]),
+                _x(_ratio(x["deliveries_per_s"], base_rate)),
+                _fmt(x["server_us_per_delivery"], "{:.2f}"),
+                "yes" if x["healthy"] else "NO",
+            ]
+            for v, x in deflate["variants"].items()
+        ]
+        title = (
+            f"Fan-out with permessage-deflate negotiated by every client "
+            f"({deflate['clients']:,} clients, {deflate['payload_bytes']}-byte text messages)"
+        )
+        tables.append((title, header, rows))
     lat = results.get("latency")
     if lat:
         header = ["server", "p50 ms", "p99 ms", "healthy"]

@@ -62,6 +62,15 @@ def _origins(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return str_tuple("allowed_origins")(value)
 
 
+def _default_compression() -> Compression:
+    """The manager's compression: each broadcast compressed once, no compressor kept per socket.
+
+    The server imposes no context takeover on its side (RFC 7692 allows it
+    whatever the client offered); see the compression topic.
+    """
+    return Compression(server_no_context_takeover=True)
+
+
 @attrs.frozen
 class ManagerStatistics:
     """A snapshot of the manager's counters (``manager.statistics()``)."""
@@ -115,7 +124,7 @@ class WebSocketManager:
     heartbeat_timeout: float = attrs.field(default=20.0, validator=seconds)
     authentication: Authenticator | None = attrs.field(default=None, validator=optional_callable)
     compression: Compression | None = attrs.field(
-        factory=Compression,
+        factory=_default_compression,
         validator=attrs.validators.optional(instance_of(Compression, "a Compression(...) or None")),
     )
     protocols: tuple[str, ...] = attrs.field(default=(), converter=_protocols)
