@@ -600,3 +600,35 @@ def test_a_worker_that_dies_is_restarted_and_serves_again(redis_server: RedisSer
         status, stderr = demo.interrupt()
         assert status == 0
         assert "Traceback" not in stderr
+
+
+@pytest.mark.redis
+def test_a_killed_demo_process_leaves_the_rosters_within_its_presence_ttl(
+    redis_server: RedisServer,
+) -> None:
+    import time
+
+    from trio_wsmgr._demo.server import PRESENCE_TTL
+
+    with (
+        demo_process("--redis", redis_server.url) as one,
+        demo_process("--redis", redis_server.url) as two,
+        sync_connect(one.ws_url + "?name=alice") as alice,
+        sync_connect(two.ws_url + "?name=bob") as bob,
+    ):
+        for ws in (alice, bob):
+            ws.send(json.dumps({"type": "join", "room": "shared"}))
+            next_of(ws, "joined")
+
+        def roster() -> list[str]:
+            return sorted(user["name"] for user in next_of(alice, "presence")["users"])
+
+        while roster() != ["alice", "bob"]:
+            pass
+        two.process.kill()  # SIGKILL: bob's node cannot clean up
+        two.process.communicate(timeout=WAIT)  # reaped, its pipes closed
+        # alice's node refreshes its pages' rosters every 2 s; bob's entry goes once his
+        # node's lease (PRESENCE_TTL) runs out: bounded by that plus a margin
+        deadline = time.monotonic() + PRESENCE_TTL + WAIT
+        while roster() != ["alice"]:
+            assert time.monotonic() < deadline, "bob stayed in the roster"
