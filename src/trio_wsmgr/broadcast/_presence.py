@@ -248,16 +248,16 @@ class PresenceKeeper:
         if not dirty:
             return
         changes = {channel: self.local.counts(channel) for channel in sorted(dirty)}
+        # an entry may exist as soon as its write is sent: a failed write is cleaned up too
+        self._written.update(channel for channel, counts in changes.items() if counts is not None)
         try:
             await self.store.write(self.node, changes)
         except BaseException:
             self.local.dirty |= dirty  # not known to be written: again next time
             raise
-        for channel, counts in changes.items():
-            if counts is None:
-                self._written.discard(channel)
-            else:
-                self._written.add(channel)
+        self._written.difference_update(
+            channel for channel, counts in changes.items() if counts is None
+        )
 
 
 # -- the in-process store (MemoryHub) ----------------------------------------------------
