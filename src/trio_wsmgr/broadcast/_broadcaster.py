@@ -288,6 +288,8 @@ class Broadcaster:
     _counts: dict[str, int] = attrs.field(init=False)
     _local_presence: LocalPresence = attrs.field(init=False, factory=LocalPresence)
     _keeper: PresenceKeeper | None = attrs.field(init=False, default=None)
+    #: subscribe calls in flight per (socket id, channel)
+    _joins: dict[tuple[int, str], _Join] = attrs.field(init=False, factory=dict)
 
     def __attrs_post_init__(self) -> None:
         names = "broadcasts local_deliveries published publish_failures received"
@@ -462,9 +464,13 @@ class Broadcaster:
         saw) first sends ``sock`` every publication after it, in order, once,
         before any newer live one; the :class:`SubscribeResult` says whether
         that was possible (``recovered``) and the ``position`` to resume from.
-        A subscribe with history that is cancelled leaves ``sock`` out of the
-        channel; one without history still takes effect (the backend's
-        confirmation is what it waited for).
+
+        Cancellation: a call that raises ``Cancelled`` did not subscribe
+        ``sock`` (the node's backend subscription goes too if ``sock`` was its
+        only reason); one that returns did. On a channel with history, once
+        the replay has sent ``sock`` its first publication the subscribe has
+        happened: it finishes the replay (bounded as a broadcast's wait is,
+        by ``slow_consumer_timeout``) and returns, even if cancelled meanwhile.
         """
         self._check_running()
         name = _channel_name(channel)
@@ -478,8 +484,13 @@ class Broadcaster:
                 raise ValueError(f"since: channel {name!r} has no history")
         if stream is not None:
             return await self._subscribe_history(sock, stream, since)
-        self._add(sock, name)
-        await self._wait_synced(self._requested)
+        join = self._begin_join(sock, name)
+        try:
+            await self._wait_synced(self._requested)
+        except BaseException:
+            self._end_join(sock, name, join, done=False)  # cancelled: it did not happen
+            raise
+        self._end_join(sock, name, join, done=True)
         return NO_HISTORY
 
     async def _subscribe_history(
@@ -489,15 +500,40 @@ class Broadcaster:
         if sock.id in self._members.get(name, {}):
             return SubscribeResult(False, await _recovery.position(self, stream))
         stream.cursors[sock.id] = Cursor()  # held back until the replay is done
-        self._add(sock, name)
+        join = self._begin_join(sock, name)
         try:
             await self._wait_synced(self._requested)
-            return await _recovery.recover(self, sock, stream, since)
+            # shielded by recover() once it sent sock a publication: from there on,
+            # leaving sock out would be a gap its client cannot see
+            with trio.CancelScope() as replay:
+                result = await _recovery.recover(self, sock, stream, since, replay)
         except BaseException:
-            if stream.cursors.get(sock.id) is not None:
-                self._remove(sock, name)  # a half replay must not turn into a gap
-                self._forget_if_idle(sock)
+            self._end_join(sock, name, join, done=False)  # a half replay must not be a gap
             raise
+        self._end_join(sock, name, join, done=True)
+        return result
+
+    def _begin_join(self, sock: ManagedSocket, name: str) -> _Join:
+        """A subscribe call begins: add ``sock`` to ``name`` unless it is a member."""
+        join = self._joins.get((sock.id, name))
+        if join is None:
+            join = self._joins[sock.id, name] = _Join()
+        join.calls += 1
+        if sock.id not in self._members.get(name, {}):
+            self._add(sock, name)
+            join.owned = True  # undone if every call in flight for it is cancelled
+        return join
+
+    def _end_join(self, sock: ManagedSocket, name: str, join: _Join, *, done: bool) -> None:
+        """A subscribe call ends: ``done`` (it returned) or not (it raised: undo it)."""
+        join.calls -= 1
+        if done:
+            join.owned = False  # a call returned: the membership stands
+        elif join.owned and not join.calls:
+            self._remove(sock, name)  # no-op if it left meanwhile
+            self._forget_if_idle(sock)
+        if not join.calls:
+            del self._joins[sock.id, name]
 
     def _add(self, sock: ManagedSocket, name: str) -> None:
         members = self._members.setdefault(name, {})
@@ -513,12 +549,20 @@ class Broadcaster:
                 self._request_sync()
 
     async def unsubscribe(self, sock: ManagedSocket, channel: str | Channel) -> None:
-        """Remove ``sock`` from ``channel``; nothing happens if it was not subscribed."""
+        """Remove ``sock`` from ``channel``; nothing happens if it was not subscribed.
+
+        Returns once the backend confirmed the change (at once while it is
+        down). Cancellation: a call that raises ``Cancelled`` changed nothing;
+        past its first checkpoint it happens, and waits (shielded, bounded by
+        the backend's command timeout) for that confirmation.
+        """
         self._check_running()
         name = _channel_name(channel)
+        await trio.lowlevel.checkpoint_if_cancelled()
         self._remove(sock, name)
         self._forget_if_idle(sock)
-        await self._wait_synced(self._requested)
+        with trio.CancelScope(shield=True):
+            await self._wait_synced(self._requested)
 
     def _forget_if_idle(self, sock: ManagedSocket) -> None:
         names = self._memberships.get(sock.id)
@@ -879,6 +923,18 @@ class Broadcaster:
         self._members.clear()
         self._memberships.clear()
         self._local_presence.clear()
+
+
+class _Join:
+    """The subscribe calls in flight for one (socket, channel)."""
+
+    __slots__ = ("calls", "owned")
+
+    def __init__(self) -> None:
+        #: how many
+        self.calls = 0
+        #: one of them added the socket and none returned yet
+        self.owned = False
 
 
 #: history size assumed for a channel with history that this node did not create

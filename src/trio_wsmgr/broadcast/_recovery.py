@@ -181,8 +181,13 @@ async def recover(
     sock: ManagedSocket,
     stream: ChannelStream,
     since: StreamPosition | None,
+    scope: trio.CancelScope,
 ) -> SubscribeResult:
-    """Replay the history after ``since`` to ``sock`` (already a member, held back)."""
+    """Replay the history after ``since`` to ``sock`` (already a member, held back).
+
+    ``scope`` (around this call) is shielded as soon as ``sock`` got a
+    publication: from then on the subscribe has happened and finishes.
+    """
     cursor = stream.cursors.get(sock.id)
     if cursor is None:  # the socket closed meanwhile and left the channel
         return SubscribeResult(recovered=False, position=None)
@@ -210,6 +215,7 @@ async def recover(
                 if await deliver([sock], frame, "wait") == 0:
                     gone = True  # closed (or closed as a slow consumer): it leaves the channel
                     break
+                scope.shield = True  # deliver() is cancel-atomic: sock has it
             done = offset
         if gone:
             break
