@@ -4,7 +4,10 @@
 
 The load client counts from its first connect to the last ``101`` response; the
 connections stay open until all are done, then close. Each round uses a fresh
-server; the figure is the median of ``--rounds``.
+server; the figure is the median of ``--rounds``. Rounds are interleaved across
+the variants (A B C A B C, not A A A B B B), so that a burst of load elsewhere on
+a shared machine hits one round of every variant instead of all rounds of one;
+``rounds`` keeps every round's figure, in order, for the spread.
 """
 
 from __future__ import annotations
@@ -34,11 +37,23 @@ def measure(
     variants: list[str], connections: int, inflight: int, rounds: int, log: bool = True
 ) -> dict[str, Any]:
     results: dict[str, Any] = {"connections": connections, "inflight": inflight, "variants": {}}
-    for variant in variants:
-        values = [once(variant, connections, inflight) for _ in range(rounds)]
-        results["variants"][variant] = {"per_s": median(values), "rounds": values}
+    values: dict[str, list[float]] = {v: [] for v in variants}
+    for round_ in range(rounds):
+        for variant in variants:
+            values[variant].append(once(variant, connections, inflight))
+            if log:
+                print(
+                    f"  round {round_ + 1}: {variant:24} {values[variant][-1]:8,.0f} handshakes/s",
+                    file=sys.stderr,
+                )
+    for variant, figures in values.items():
+        results["variants"][variant] = {"per_s": median(figures), "rounds": figures}
         if log:
-            print(f"  {variant:24} {median(values):8,.0f} handshakes/s", file=sys.stderr)
+            print(
+                f"  {variant:24} {median(figures):8,.0f} handshakes/s"
+                f" (rounds {min(figures):,.0f} .. {max(figures):,.0f})",
+                file=sys.stderr,
+            )
     return results
 
 

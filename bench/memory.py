@@ -7,7 +7,8 @@ off means the load client does not offer permessage-deflate; on means it does
 (trio-websocket and the raw server cannot negotiate it, so they are left out).
 RSS is read after a full garbage collection in the server, before the clients
 connect and a second after they all have. Medians of ``--rounds`` fresh servers
-(``run.py`` measures "compression on" in one round only, to stay within ten minutes).
+(``run.py`` measures "compression on" in one round only, to stay within ten minutes),
+with the rounds interleaved across the variants as in ``handshakes.py``.
 """
 
 from __future__ import annotations
@@ -47,17 +48,20 @@ def measure(
     results: dict[str, Any] = {"connections": connections, "off": {}, "on": {}}
     for compression in (False, True):
         key = "on" if compression else "off"
-        for variant in variants:
-            if compression and variant not in COMPRESSING:
-                continue
-            # the target is about "off"; "on" is reported from one round to keep the run short
-            times = 1 if compression and not full_on else rounds
-            values = [once(variant, connections, compression) for _ in range(times)]
-            results[key][variant] = {"bytes_per_connection": median(values), "rounds": values}
+        names = [v for v in variants if not compression or v in COMPRESSING]
+        # the target is about "off"; "on" is reported from one round to keep the run short
+        times = 1 if compression and not full_on else rounds
+        values: dict[str, list[float]] = {v: [] for v in names}
+        for _ in range(times):  # interleaved: A B C A B C, see handshakes.py
+            for variant in names:
+                values[variant].append(once(variant, connections, compression))
+        for variant, figures in values.items():
+            results[key][variant] = {"bytes_per_connection": median(figures), "rounds": figures}
             if log:
                 print(
-                    f"  {variant:24} compression {key:3}: {median(values) / 1024:6.1f} KiB"
-                    f" per connection ({connections})",
+                    f"  {variant:24} compression {key:3}: {median(figures) / 1024:6.1f} KiB"
+                    f" per connection ({connections}; rounds"
+                    f" {min(figures) / 1024:.1f} .. {max(figures) / 1024:.1f})",
                     file=sys.stderr,
                 )
     return results
