@@ -307,6 +307,58 @@ async def test_cancelled_send_all_leaves_its_bytes_queued_in_order() -> None:
 # -- streams without a file descriptor ----------------------------------------------------------
 
 
+async def test_reads_from_the_socket_keep_trios_checkpoint_semantics() -> None:
+    # The fast read path (os.read on the fd): a read cancelled before it started
+    # consumes nothing, a waiting read gets bytes sent later, EOF reads b"".
+    async with tcp_pair() as (stream, client):
+        await client.send_all(b"first")
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await stream.receive_some(100)
+        assert scope.cancelled_caught
+        assert await stream.receive_some(100) == b"first"
+        async with trio.open_nursery() as nursery:
+            got: list[bytes | bytearray] = []
+
+            async def read() -> None:
+                got.append(await stream.receive_some(100))
+
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            await client.send_all(b"later")
+        assert got == [b"later"]
+        await client.send_eof()
+        assert await stream.receive_some(100) == b""
+
+
+async def test_a_read_on_a_closed_stream_raises_and_a_waiting_read_is_woken() -> None:
+    async with tcp_pair() as (stream, client):
+        async with trio.open_nursery() as nursery:
+            failures: list[BaseException] = []
+
+            async def read() -> None:
+                try:
+                    await stream.receive_some(100)
+                except trio.ClosedResourceError as exc:
+                    failures.append(exc)
+
+            nursery.start_soon(read)
+            await trio.testing.wait_all_tasks_blocked()
+            await stream.aclose()
+        assert len(failures) == 1
+        await client.send_all(b"too late")
+        with pytest.raises(trio.ClosedResourceError):
+            await stream.receive_some(100)
+
+
+async def test_a_read_after_the_peer_reset_breaks_the_stream() -> None:
+    async with tcp_pair() as (stream, client):
+        client.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")
+        await client.aclose()  # SO_LINGER 0: a reset, not a FIN
+        with pytest.raises(trio.BrokenResourceError):
+            await stream.receive_some(100)
+
+
 async def test_memory_streams_take_the_queue_and_writer_path() -> None:
     left, right = trio.testing.memory_stream_pair()
     stream = BufferedStream(left)

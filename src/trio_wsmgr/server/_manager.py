@@ -318,12 +318,42 @@ class WebSocketManager:
         scope: trio.CancelScope | None = None
         try:
             # The nursery's scope is the connection's scope (close() cancels it):
-            # one cancel scope per connection, not two.
+            # one cancel scope per connection, not two. The handshake and the
+            # handler run right here, not in helper coroutines: every coroutine
+            # an idle connection waits in is kept alive (and scanned by the
+            # garbage collector) for the connection's whole life.
             with unwrap_single_group():
                 async with trio.open_nursery() as nursery:
                     scope = nursery.cancel_scope
                     self._connection_scopes.add(scope)
-                    await self._serve_connection(handler, buffered, nursery)
+                    admitted: tuple[ManagedSocket, bytes] | None = None
+                    with trio.move_on_after(self.connection_timeout):
+                        admitted = await self._handshake(buffered)
+                    if admitted is None:
+                        if not buffered.closed:
+                            self._reject_count("timeout")
+                        return
+                    sock, rest = admitted
+                    del admitted
+                    buffered.attach(nursery)
+                    sock._nursery = nursery
+                    sock._reading = True  # from now on only the reader reads (close() waits)
+                    nursery.start_soon(sock._read_loop, rest)
+                    del rest
+                    failure: BaseException | None = None
+                    try:
+                        await handler(sock)
+                    except trio.Cancelled as exc:
+                        failure = exc
+                        raise
+                    except Exception as exc:
+                        failure = exc
+                        if not _ended_on_own_close(exc, sock):
+                            logger.exception("handler for %r failed", sock)
+                    finally:
+                        code, reason = self._end_code(failure, sock, scope)
+                        await self._final_close(sock, code, reason, scope)
+                    scope.cancel()
         except Exception:  # a bug must cost this connection only, never serve() and the others
             logger.exception("connection over %r failed", stream)
         finally:
@@ -331,25 +361,6 @@ class WebSocketManager:
                 await buffered.aclose()
             if scope is not None:
                 self._forget_scope(scope)
-
-    async def _serve_connection(
-        self, handler: Handler, buffered: BufferedStream, nursery: trio.Nursery
-    ) -> None:
-        scope = nursery.cancel_scope
-        admitted: tuple[ManagedSocket, bytes] | None = None
-        with trio.move_on_after(self.connection_timeout):
-            admitted = await self._handshake(buffered)
-        if admitted is None:
-            if not buffered.closed:
-                self._reject_count("timeout")
-            return
-        sock, rest = admitted
-        buffered.attach(nursery)
-        sock._nursery = nursery
-        sock._reading = True  # from now on only the reader reads (close() waits)
-        nursery.start_soon(sock._read_loop, rest)
-        await self._run_handler(sock, handler, scope)
-        scope.cancel()
 
     async def _handshake(self, buffered: BufferedStream) -> tuple[ManagedSocket, bytes] | None:
         """Read and answer the opening handshake: the admitted socket and the bytes after it.
@@ -378,23 +389,6 @@ class WebSocketManager:
         except RequestRejected:
             return None
         return sock, head[1]
-
-    async def _run_handler(
-        self, sock: ManagedSocket, handler: Handler, scope: trio.CancelScope
-    ) -> None:
-        failure: BaseException | None = None
-        try:
-            await handler(sock)
-        except trio.Cancelled as exc:
-            failure = exc
-            raise
-        except Exception as exc:
-            failure = exc
-            if not _ended_on_own_close(exc, sock):
-                logger.exception("handler for %r failed", sock)
-        finally:
-            code, reason = self._end_code(failure, sock, scope)
-            await self._final_close(sock, code, reason, scope)
 
     def _end_code(
         self, failure: BaseException | None, sock: ManagedSocket, scope: trio.CancelScope

@@ -263,7 +263,10 @@ class ManagedSocket:
         Raises :class:`~trio_wsmgr.ConnectionClosed` once the connection is closed
         and every message received before that has been read.
         """
-        message = await self._next_message()
+        return self._took(await self._next_message())
+
+    def _took(self, message: str | bytes) -> str | bytes:
+        """Count a message handed to the handler (and apply the rate limit)."""
         self._messages_in += 1
         if self._rate is not None and not self._rate.take(trio.current_time()):
             self._context.counters.rate_limited += 1
@@ -302,8 +305,9 @@ class ManagedSocket:
         return self
 
     async def __anext__(self) -> str | bytes:
+        # receive() inlined: an idle handler in ``async for`` waits one coroutine less deep
         try:
-            return await self.receive()
+            return self._took(await self._next_message())
         except ConnectionClosed:
             raise StopAsyncIteration from None
 

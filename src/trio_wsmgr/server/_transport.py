@@ -41,6 +41,8 @@ FINAL_FLUSH_TIMEOUT = 0.5
 #: the first byte of an unmasked, unfragmented close frame (FIN + opcode 8)
 _CLOSE_FRAME_START = b"\x88"
 _SEND_ERRORS = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+#: what ``receive_some()`` reads without a size (trio's own default)
+DEFAULT_RECEIVE_SIZE = 65536
 
 
 def _socket_fd(stream: trio.abc.Stream) -> int | None:
@@ -317,14 +319,51 @@ class BufferedStream(trio.abc.Stream):
         await self.wait_below(1)
 
     def receive_some(self, max_bytes: int | None = None) -> Coroutine[Any, Any, bytes | bytearray]:
-        """The inner stream's ``receive_some`` itself (after any ``unread`` bytes).
+        """Read from the socket's file descriptor, or the inner stream's ``receive_some``.
 
         Not a coroutine of its own: the reader waits here on every idle
-        connection, and handing back the inner awaitable saves a frame each.
+        connection. On a TCP socket (the fast path) it is one coroutine that
+        reads with a non-blocking ``os.read`` and waits with
+        :func:`trio.lowlevel.wait_readable` (what :class:`trio.SocketStream`
+        does three coroutines deep): fewer live objects per idle connection, and
+        so less work for the garbage collector on every handshake.
         """
         if self._unread:
             return self._receive_unread(max_bytes)
+        if self._fd is not None:
+            return self._receive_fd(DEFAULT_RECEIVE_SIZE if max_bytes is None else max_bytes)
         return self.inner.receive_some(max_bytes)
+
+    async def _receive_fd(self, max_bytes: int) -> bytes:
+        """``receive_some`` on the socket's fd, with trio's checkpoint semantics.
+
+        As :class:`trio.SocketStream` does: a read that does not wait still
+        checkpoints (cancelled before the read: nothing was read; the bytes read
+        are returned even if a cancellation arrives after). The stream is
+        checked before every read, so a closed stream's fd number (which the
+        kernel may have given to another connection) is never read.
+        """
+        if max_bytes < 1:
+            raise ValueError("max_bytes must be >= 1")
+        await trio.lowlevel.checkpoint_if_cancelled()
+        fd = self._fd
+        assert fd is not None
+        waited = False
+        while True:
+            if self._closed:
+                raise trio.ClosedResourceError("stream is closed")
+            try:
+                data: bytes | None = os.read(fd, max_bytes)
+            except BlockingIOError:
+                data = None  # wait outside the except block: no exception kept alive meanwhile
+            except OSError as exc:
+                raise trio.BrokenResourceError("receive failed") from exc
+            if data is not None:
+                if not waited:
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                return data
+            await trio.lowlevel.wait_readable(fd)
+            waited = True
 
     async def _receive_unread(self, max_bytes: int | None) -> bytes | bytearray:
         unread = self._unread
