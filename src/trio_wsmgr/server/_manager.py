@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
-from functools import partial
 from types import MappingProxyType
 from typing import Any, Final, NoReturn, TypeAlias
 
@@ -285,14 +285,8 @@ class WebSocketManager:
                     accepting.cancel()
                 try:
                     async with trio.open_nursery() as acceptors:
-                        await acceptors.start(
-                            partial(
-                                trio.serve_listeners,
-                                partial(self.serve_stream, handler),
-                                served,
-                                handler_nursery=connections,
-                            )
-                        )
+                        for listener in served:
+                            acceptors.start_soon(_accept_loop, listener, connections, handler, self)
                         task_status.started(Server(tuple(listeners)))
                 finally:
                     self._listener_scopes.discard(accepting)
@@ -744,6 +738,49 @@ def _remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
     if isinstance(peer, tuple):
         return str(peer[0]), int(peer[1])
     return None
+
+
+#: accept() errors that mean "out of resources for now": wait and retry (as trio.serve_listeners)
+_ACCEPT_CAPACITY_ERRNOS = frozenset(
+    code
+    for code in (getattr(errno, name, None) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"))
+    if code is not None
+)
+#: how long to wait before accepting again after such an error
+_ACCEPT_RETRY_DELAY = 0.1
+
+
+async def _accept_loop(
+    listener: trio.abc.Listener[Any],
+    connections: trio.Nursery,
+    handler: Handler,
+    manager: WebSocketManager,
+) -> None:
+    """Accept connections for ever, each served by ``manager.serve_stream`` in ``connections``.
+
+    What :func:`trio.serve_listeners` does, minus its wrapper coroutine around each
+    connection (kept alive, and scanned by the garbage collector, for the
+    connection's whole life) and its second close of each stream
+    (``serve_stream`` always closes its stream).
+    """
+    serve_stream = manager.serve_stream
+    start_soon = connections.start_soon
+    async with listener:  # closed however the loop ends (a cancelled serve() too)
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.error(
+                    "accept() failed with %s; retrying in %s s",
+                    errno.errorcode.get(exc.errno or 0, exc.errno),
+                    _ACCEPT_RETRY_DELAY,
+                    exc_info=True,
+                )
+                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            start_soon(serve_stream, handler, stream)
 
 
 @asynccontextmanager
