@@ -601,3 +601,28 @@ async def test_no_verdict_while_the_application_leaves_messages_unread(
         await trio.sleep(30)  # pongs could not be read anyway: no pings, no verdict
         assert manager.get_active_connections() == 1
         assert manager.statistics().heartbeat_timeouts == 0
+
+
+async def test_a_write_cancelled_half_way_breaks_the_stream_so_nothing_follows_it(
+    autojump_clock: Any,
+) -> None:
+    """A cancelled inner send_all may leave part of a frame with the peer: never write after it.
+
+    Over a lockstep pair (memory only, so the clock may jump) the peer never reads,
+    so the flush is cut by its deadline with the frame in flight. Writing again
+    would put new bytes behind half a frame (trio's memory streams assert on it).
+    """
+    client, server = trio.testing.lockstep_stream_pair()
+    stream = BufferedStream(server)
+    stream.write_nowait(b"\x81\x05hello")  # no fd: queued
+    with trio.move_on_after(1) as cut:
+        await stream.flush()
+    assert cut.cancelled_caught
+    assert stream.closed
+    with pytest.raises(trio.BrokenResourceError):
+        stream.write_nowait(b"\x81\x05world")
+    with pytest.raises(trio.BrokenResourceError):
+        await stream.send_all(b"\x88\x02\x03\xe8")
+    stream.flush_on_close = True
+    await stream.aclose()  # no last frame after a cut one
+    await client.aclose()

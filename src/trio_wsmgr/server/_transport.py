@@ -184,6 +184,16 @@ class BufferedStream(trio.abc.Stream):
         self._wake_writer()
         self._wake_flush_waiters()
 
+    def _interrupted(self) -> None:
+        """A write of the inner stream was cancelled half way: nothing may follow it.
+
+        The peer may hold part of a frame (trio: a cancelled ``send_all`` leaves
+        the stream in an unknown state); bytes written after it would be read
+        as the rest of that frame. So the stream is broken from here on: later
+        writes raise, and ``aclose`` sends no last frame.
+        """
+        self._fail(trio.BrokenResourceError("a write was cancelled half way"))
+
     def _wake_writer(self) -> None:
         parked = self._parked_writer
         if parked is not None:
@@ -250,6 +260,10 @@ class BufferedStream(trio.abc.Stream):
                 self._head_partial = False
                 try:
                     await self.inner.send_all(data)
+                except BaseException as exc:
+                    if not isinstance(exc, _SEND_ERRORS):
+                        self._interrupted()
+                    raise
                 finally:
                     self._writing = False
                 self.buffered -= len(data)
