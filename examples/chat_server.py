@@ -53,16 +53,19 @@ class Chat:
     async def join(self, sock: ManagedSocket, room: str) -> None:
         old = sock.metadata.get("room")
         try:
-            await self.broadcaster.subscribe(sock, room)
+            self.broadcaster.create_channel(room)  # checks the name
         except InvalidChannelName:
             await sock.send(f"cannot join {room!r}: use letters, digits and _-.:/@")
             return
+        # The welcome goes first: once subscribed, the room's messages (someone
+        # else joining, say) can reach the socket at any moment.
+        await sock.send(f"you are {sock.user_id}, in {room}")
+        await self.broadcaster.subscribe(sock, room)
+        sock.metadata["room"] = room
         if old is not None and old != room:
             await self.broadcaster.unsubscribe(sock, old)
             await self.broadcaster.broadcast(old, f"{sock.user_id} left")
-        sock.metadata["room"] = room
         await self.broadcaster.broadcast(room, f"{sock.user_id} joined {room}", exclude=sock)
-        await sock.send(f"you are {sock.user_id}, in {room}")
 
     def who(self, room: str) -> list[str]:
         """The users in ``room``, from the manager's user index."""

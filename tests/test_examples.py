@@ -78,25 +78,24 @@ def test_echo_server_echoes_text_and_binary() -> None:
 
 
 def test_chat_server_talks_to_the_room_and_knows_who_is_there() -> None:
-    with (
-        serving("chat_server.py") as url,
-        connect(url + "?name=alice") as alice,
-        connect(url + "?name=bob") as bob,
-    ):
-        assert recv(alice) == "you are alice, in lobby"
-        assert recv(bob) == "you are bob, in lobby"
-        assert recv(alice) == "bob joined lobby"
-        bob.send("hi all")
-        assert recv(alice) == "bob: hi all"
-        alice.send("/who")
-        assert recv(alice) == "in the room: alice, bob"
-        bob.send("/join garden")
-        assert recv(bob) == "you are bob, in garden"
-        assert recv(alice) == "bob left"
-        alice.send("/who")
+    with serving("chat_server.py") as url, connect(url + "?name=alice") as alice:
+        assert recv(alice) == "you are alice, in lobby"  # first, whatever else happens
+        alice.send("/who")  # answered once alice's join (and its announcement) is done
         assert recv(alice) == "in the room: alice"
-        bob.send("/join not a room!")
-        assert "cannot join" in str(recv(bob))
+        with connect(url + "?name=bob") as bob:
+            assert recv(bob) == "you are bob, in lobby"
+            assert recv(alice) == "bob joined lobby"
+            bob.send("hi all")
+            assert recv(alice) == "bob: hi all"
+            alice.send("/who")
+            assert recv(alice) == "in the room: alice, bob"
+            bob.send("/join garden")
+            assert recv(bob) == "you are bob, in garden"
+            assert recv(alice) == "bob left"
+            alice.send("/who")
+            assert recv(alice) == "in the room: alice"
+            bob.send("/join not a room!")
+            assert "cannot join" in str(recv(bob))
 
 
 def test_chat_server_refuses_a_client_without_a_name() -> None:
