@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 from wsproto import ConnectionType, WSConnection
@@ -50,8 +50,24 @@ from ._pipe import pipe_pair
 from ._types import ASGIApp, ASGIReceive, ASGISend, Scope
 
 if TYPE_CHECKING:
-    from ..server._manager import Handler, WebSocketManager
-    from ..server._socket import ManagedSocket
+    from ..server._socket import Handler, ManagedSocket
+
+
+class BridgedManager(Protocol):
+    """What the bridge uses of a :class:`~trio_wsmgr.WebSocketManager` (no import cycle)."""
+
+    @property
+    def send_buffer_size(self) -> int | float: ...
+
+    @property
+    def close_timeout(self) -> float: ...
+
+    async def serve_stream(
+        self, handler: Handler, stream: trio.abc.Stream, *, initial_data: bytes = b""
+    ) -> None: ...
+
+    async def close(self, code: int = ..., reason: str = "") -> None: ...
+
 
 logger = logging.getLogger("trio_wsmgr.asgi")
 
@@ -113,7 +129,7 @@ class _Bridge:
     """One ASGI WebSocket connection, joined to ``manager.serve_stream`` through a pipe."""
 
     def __init__(
-        self, manager: WebSocketManager, scope: Scope, receive: ASGIReceive, send: ASGISend
+        self, manager: BridgedManager, scope: Scope, receive: ASGIReceive, send: ASGISend
     ) -> None:
         self.manager = manager
         self.scope = scope
@@ -264,7 +280,7 @@ class _Bridge:
 
 
 async def run_bridge(
-    manager: WebSocketManager,
+    manager: BridgedManager,
     handler: Handler,
     scope: Scope,
     receive: ASGIReceive,
@@ -334,7 +350,7 @@ class _Hold:
 
 @asynccontextmanager
 async def accept_bridge(
-    manager: WebSocketManager, scope: Scope, receive: ASGIReceive, send: ASGISend
+    manager: BridgedManager, scope: Scope, receive: ASGIReceive, send: ASGISend
 ) -> AsyncIterator[ManagedSocket]:
     """``async with manager.accept_asgi(scope, receive, send) as sock:`` (see there)."""
     if scope.get("type") != "websocket":
@@ -369,7 +385,7 @@ def _not_found_body() -> bytes:
     return b"404 Not Found\n"
 
 
-def make_app(manager: WebSocketManager, handler: Handler, fallback: ASGIApp | None) -> ASGIApp:
+def make_app(manager: BridgedManager, handler: Handler, fallback: ASGIApp | None) -> ASGIApp:
     """``manager.asgi_app(handler, fallback)`` (see there)."""
 
     async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
@@ -401,7 +417,7 @@ async def _not_found(receive: ASGIReceive, send: ASGISend) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-async def _lifespan(manager: WebSocketManager, receive: ASGIReceive, send: ASGISend) -> None:
+async def _lifespan(manager: BridgedManager, receive: ASGIReceive, send: ASGISend) -> None:
     while True:
         event = await receive()
         kind = event.get("type")

@@ -286,6 +286,7 @@ class Broadcaster:
     _state: str = attrs.field(init=False, default="new")
     _lifetime_cm: Any = attrs.field(init=False, default=None)
     _counts: dict[str, int] = attrs.field(init=False)
+    _history: _recovery.HistoryHost = attrs.field(init=False)
     _local_presence: LocalPresence = attrs.field(init=False, factory=LocalPresence)
     _keeper: PresenceKeeper | None = attrs.field(init=False, default=None)
     #: subscribe calls in flight per (socket id, channel)
@@ -295,6 +296,7 @@ class Broadcaster:
         names = "broadcasts local_deliveries published publish_failures received"
         names += " remote_deliveries echoes inbox_dropped malformed gap_fills"
         self._counts = dict.fromkeys(names.split(), 0)
+        self._history = _recovery.HistoryHost(self._node, self.backend, self._counts, self._members)
 
     def __repr__(self) -> str:
         return (
@@ -379,12 +381,12 @@ class Broadcaster:
             raise ValueError(f"limit must be an int >= 0, not {limit!r}")
         if since is not None and not isinstance(since, StreamPosition):
             raise TypeError(f"since must be a StreamPosition, not {since!r}")
-        return await _recovery.history(self, stream, since, limit)
+        return await _recovery.history(self._history, stream, since, limit)
 
     async def position(self, channel: str | Channel) -> StreamPosition:
         """The position of ``channel``'s newest publication (offset 0: none yet)."""
         self._check_running()
-        return await _recovery.position(self, self._history_of(channel))
+        return await _recovery.position(self._history, self._history_of(channel))
 
     def _history_of(self, channel: str | Channel) -> ChannelStream:
         name = _channel_name(channel)
@@ -498,7 +500,7 @@ class Broadcaster:
     ) -> SubscribeResult:
         name = stream.name
         if sock.id in self._members.get(name, {}):
-            return SubscribeResult(False, await _recovery.position(self, stream))
+            return SubscribeResult(False, await _recovery.position(self._history, stream))
         stream.cursors[sock.id] = Cursor()  # held back until the replay is done
         join = self._begin_join(sock, name)
         try:
@@ -506,7 +508,7 @@ class Broadcaster:
             # shielded by recover() once it sent sock a publication: from there on,
             # leaving sock out would be a gap its client cannot see
             with trio.CancelScope() as replay:
-                result = await _recovery.recover(self, sock, stream, since, replay)
+                result = await _recovery.recover(self._history, sock, stream, since, replay)
         except BaseException:
             self._end_join(sock, name, join, done=False)  # a half replay must not be a gap
             raise
@@ -675,7 +677,7 @@ class Broadcaster:
         if stream is not None:
             if local_only:
                 raise ValueError("local_only: a channel with history publishes through its backend")
-            return await _recovery.publish(self, stream, message, on_full, _ids(exclude))
+            return await _recovery.publish(self._history, stream, message, on_full, _ids(exclude))
         outgoing = Outgoing(message)
         await trio.lowlevel.checkpoint_if_cancelled()
         skip = _ids(exclude)
@@ -796,14 +798,14 @@ class Broadcaster:
             except trio.WouldBlock:
                 if self._missed:  # publications of channels with history that were dropped
                     topic, position = self._missed.popitem()
-                    await _recovery.catch_up(self, self._stream(topic), position)
+                    await _recovery.catch_up(self._history, self._stream(topic), position)
                     continue
                 try:
                     topic, wire = await inbox.receive()
                 except trio.EndOfChannel:
                     return
             if not isinstance(wire, _Wire):  # a channel with history: in position order
-                await _recovery.deliver_positioned(self, self._stream(topic), *wire)
+                await _recovery.deliver_positioned(self._history, self._stream(topic), *wire)
                 continue
             if wire.user_id is not None:
                 sockets = self._user_sockets(wire.user_id)

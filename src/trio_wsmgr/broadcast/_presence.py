@@ -26,15 +26,23 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from contextlib import suppress
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Final
+from typing import Final, Protocol
 
 import attrs
 import trio
 
 from .._exceptions import BackendUnavailable
 
-if TYPE_CHECKING:
-    from ._memory import MemoryHub
+
+class PresenceHub(Protocol):
+    """What :class:`MemoryPresence` uses of a :class:`~trio_wsmgr.backends.MemoryHub`."""
+
+    @property
+    def available(self) -> bool: ...
+
+    @property
+    def _presence(self) -> PresenceTable: ...
+
 
 logger = logging.getLogger("trio_wsmgr.presence")
 
@@ -283,7 +291,7 @@ class PresenceTable:
 class MemoryPresence(PresenceStore):
     """The :class:`PresenceStore` of a :class:`~trio_wsmgr.backends.MemoryBackend`."""
 
-    hub: MemoryHub
+    hub: PresenceHub
 
     def _table(self) -> PresenceTable:
         if not self.hub.available:

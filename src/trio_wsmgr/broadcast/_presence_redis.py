@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import attrs
 import trio
@@ -32,8 +32,21 @@ import trio
 from .._exceptions import BackendUnavailable
 from ._presence import Counts, PresenceStore
 
-if TYPE_CHECKING:
-    from ._redis import RedisBackend
+
+class PresenceCommands(Protocol):
+    """What :class:`RedisPresence` uses of a :class:`~trio_wsmgr.backends.RedisBackend`."""
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def command_timeout(self) -> float: ...
+
+    @property
+    def cluster(self) -> bool: ...
+
+    async def _command(self, key: str, *args: bytes | str | int) -> object: ...
+
 
 T = TypeVar("T")
 
@@ -42,7 +55,7 @@ T = TypeVar("T")
 class RedisPresence(PresenceStore):
     """The :class:`PresenceStore` of a :class:`~trio_wsmgr.backends.RedisBackend`."""
 
-    backend: RedisBackend
+    backend: PresenceCommands
     #: milliseconds a lease (and a channel hash) lives; None for never
     _ttl_ms: int | None = attrs.field(init=False, default=None)
     #: channels this node keeps an entry in (their hashes' TTLs are renewed with the lease)

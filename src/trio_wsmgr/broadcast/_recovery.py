@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING
 
+import attrs
 import trio
 
 from .._exceptions import BackendUnavailable
@@ -40,22 +41,39 @@ from ._history import (
 
 if TYPE_CHECKING:
     from ..server._socket import ManagedSocket
-    from ._broadcaster import Broadcaster
+    from ._backend import Backend
+
+
+@attrs.frozen(eq=False)
+class HistoryHost:
+    """What these paths use of their Broadcaster (which makes one and shares its state).
+
+    ``counts`` and ``members`` are the Broadcaster's own dicts: updates through
+    them are its counters and its channel membership.
+    """
+
+    #: this node's random id
+    node: bytes
+    backend: Backend
+    #: the Broadcaster's counters by name
+    counts: dict[str, int]
+    #: channel -> socket id -> local subscriber
+    members: dict[str, dict[int, ManagedSocket]]
 
 
 async def publish(
-    broadcaster: Broadcaster,
+    broadcaster: HistoryHost,
     stream: ChannelStream,
     message: object,
     on_full: OnFull,
     exclude: frozenset[int],
 ) -> int:
     """Publish on a channel with history; return how many local subscribers will get it."""
-    inner = encode_inner(broadcaster._node, on_full, exclude, encode_json(message))
+    inner = encode_inner(broadcaster.node, on_full, exclude, encode_json(message))
     await trio.lowlevel.checkpoint_if_cancelled()
-    counts = broadcaster._counts
+    counts = broadcaster.counts
     counts["broadcasts"] += 1
-    members = broadcaster._members.get(stream.name, {})
+    members = broadcaster.members.get(stream.name, {})
     expected = sum(1 for sock_id in members if sock_id not in exclude)
     try:
         with trio.CancelScope(shield=True):  # bounded by the backend's command timeout
@@ -73,7 +91,7 @@ async def publish(
 
 
 async def read(
-    broadcaster: Broadcaster, stream: ChannelStream, after: int | None, limit: int
+    broadcaster: HistoryHost, stream: ChannelStream, after: int | None, limit: int
 ) -> HistoryPage:
     options = stream.options
     return await broadcaster.backend.read_history(
@@ -82,7 +100,7 @@ async def read(
 
 
 async def history(
-    broadcaster: Broadcaster, stream: ChannelStream, since: StreamPosition | None, limit: int
+    broadcaster: HistoryHost, stream: ChannelStream, since: StreamPosition | None, limit: int
 ) -> list[Publication]:
     after = None
     if since is not None:
@@ -99,7 +117,7 @@ async def history(
     return publications
 
 
-async def position(broadcaster: Broadcaster, stream: ChannelStream) -> StreamPosition:
+async def position(broadcaster: HistoryHost, stream: ChannelStream) -> StreamPosition:
     page = await read(broadcaster, stream, None, 0)
     return StreamPosition(page.epoch, page.top)
 
@@ -108,7 +126,7 @@ async def position(broadcaster: Broadcaster, stream: ChannelStream) -> StreamPos
 
 
 async def deliver_positioned(
-    broadcaster: Broadcaster, stream: ChannelStream, position: StreamPosition, data: bytes
+    broadcaster: HistoryHost, stream: ChannelStream, position: StreamPosition, data: bytes
 ) -> None:
     """Deliver one positioned publication to the local subscribers, in order."""
     last = stream.last
@@ -121,7 +139,7 @@ async def deliver_positioned(
 
 
 async def catch_up(
-    broadcaster: Broadcaster, stream: ChannelStream, position: StreamPosition
+    broadcaster: HistoryHost, stream: ChannelStream, position: StreamPosition
 ) -> None:
     """Deliver from the history what the full inbox dropped, up to ``position``."""
     last = stream.last
@@ -133,7 +151,7 @@ async def catch_up(
 
 
 async def _fill(
-    broadcaster: Broadcaster, stream: ChannelStream, after: int, upto: StreamPosition
+    broadcaster: HistoryHost, stream: ChannelStream, after: int, upto: StreamPosition
 ) -> None:
     """Deliver the publications between ``after`` and ``upto`` from the history."""
     while after + 1 < upto.offset:
@@ -147,37 +165,37 @@ async def _fill(
             if offset >= upto.offset:
                 return
             await _deliver_one(broadcaster, stream, StreamPosition(page.epoch, offset), data)
-            broadcaster._counts["gap_fills"] += 1
+            broadcaster.counts["gap_fills"] += 1
             after = offset
 
 
 async def _deliver_one(
-    broadcaster: Broadcaster, stream: ChannelStream, position: StreamPosition, data: bytes
+    broadcaster: HistoryHost, stream: ChannelStream, position: StreamPosition, data: bytes
 ) -> None:
     stream.last = position
     inner = decode_inner(data)
     if inner is None:
-        broadcaster._counts["malformed"] += 1
+        broadcaster.counts["malformed"] += 1
         return
-    members = broadcaster._members.get(stream.name)
+    members = broadcaster.members.get(stream.name)
     if not members:
         return
-    if inner.node == broadcaster._node and inner.exclude:
+    if inner.node == broadcaster.node and inner.exclude:
         items = [(i, s) for i, s in members.items() if i not in inner.exclude]
     else:
         items = list(members.items())
     sockets = stream.route(items, position)
     if sockets:
         queued = await deliver(sockets, stream.frame(position, inner.payload), inner.on_full)
-        key = "local_deliveries" if inner.node == broadcaster._node else "remote_deliveries"
-        broadcaster._counts[key] += queued
+        key = "local_deliveries" if inner.node == broadcaster.node else "remote_deliveries"
+        broadcaster.counts[key] += queued
 
 
 # -- recovery (subscribe) ---------------------------------------------------------------------
 
 
 async def recover(
-    broadcaster: Broadcaster,
+    broadcaster: HistoryHost,
     sock: ManagedSocket,
     stream: ChannelStream,
     since: StreamPosition | None,

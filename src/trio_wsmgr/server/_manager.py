@@ -6,10 +6,10 @@ import errno
 import logging
 import math
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
 from types import MappingProxyType
-from typing import Any, Final, NoReturn, TypeAlias
+from typing import Any, Final, NoReturn
 
 import attrs
 import trio
@@ -35,12 +35,11 @@ from ._context import Counters, SocketContext
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
 from ._listen import open_listeners
 from ._registry import Registry
+from ._socket import Handler as Handler
 from ._socket import ManagedSocket
 from ._transport import BufferedStream
 
 logger = logging.getLogger("trio_wsmgr")
-
-Handler: TypeAlias = Callable[[ManagedSocket], Awaitable[object]]
 
 
 class _Unset:

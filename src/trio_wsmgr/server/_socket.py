@@ -16,8 +16,8 @@ import contextlib
 import itertools
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias
 
 import attrs
 import outcome
@@ -667,3 +667,7 @@ class ManagedSocket:
             self._write_close(event.code, event.reason)
         elif self.close_code is None:
             self.close_code, self.close_reason = event.code, event.reason
+
+
+#: what serves one connection: ``async def handler(sock)`` (its result is ignored)
+Handler: TypeAlias = Callable[[ManagedSocket], Awaitable[object]]
