@@ -106,6 +106,22 @@ async def test_sockets_without_a_user_id_are_counted_as_anonymous() -> None:
         await manager.close()
 
 
+async def test_presence_accepts_a_channel_as_well_as_its_name() -> None:
+    manager = WebSocketManager(heartbeat_interval=math.inf)
+    async with Broadcaster() as broadcaster:
+        lobby = broadcaster.create_channel(CHANNEL)
+
+        async def handler(sock: ManagedSocket) -> None:
+            await broadcaster.subscribe(sock, lobby)
+            async for _ in sock:
+                pass
+
+        async with open_peer(manager, handler):
+            by_name = await presence_when(broadcaster, lambda p: p.total == 1)
+            assert await broadcaster.presence(lobby) == by_name
+        await manager.close()
+
+
 @pytest.mark.redis
 async def test_presence_is_not_written_per_message(redis_server: RedisServer) -> None:
     engine = RedisEngine(redis_server)

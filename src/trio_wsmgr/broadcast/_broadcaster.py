@@ -602,8 +602,8 @@ class Broadcaster:
         if self._keeper is not None:
             self._keeper.changed()
 
-    async def presence(self, channel: str) -> Presence:
-        """Who is subscribed to ``channel`` on every live node: a :class:`Presence`.
+    async def presence(self, channel: str | Channel) -> Presence:
+        """Who is subscribed to ``channel`` (a name or a :class:`Channel`) on every live node.
 
         ``users`` maps each user id to its subscribed sockets, ``anonymous``
         counts sockets without a user id, ``total`` all of them. This node's
@@ -615,7 +615,7 @@ class Broadcaster:
         reached, :exc:`NotImplementedError` for a backend without presence.
         """
         self._check_running()
-        name = check_channel_name(channel)
+        name = _channel_name(channel)
         store = self.backend.presence_store() if self._keeper is None else self._keeper.store
         if store is None:
             raise NotImplementedError(f"{self.backend!r} does not share presence")
