@@ -11,11 +11,12 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
+import trio_websocket
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import CloseConnection, Request
 
 from trio_wsmgr import ManagedSocket, WebSocketManager
-from trio_wsmgr.testing import open_peer
+from trio_wsmgr.testing import Peer, open_peer
 
 
 async def idle(sock: ManagedSocket) -> None:
@@ -137,36 +138,45 @@ async def test_concurrent_handshakes_of_one_user_respect_the_per_user_limit(
 
 
 async def test_a_socket_accepted_while_close_runs_gets_the_close_code(autojump_clock: Any) -> None:
-    # The window (once): the handshake passed the "closing?" check after
-    # authentication and was writing its 101 when close() started. serve's own
-    # wire writes the 101 without waiting, so the socket registers at once and
-    # close() sees it; a lockstep wire still holds the 101 until the peer reads.
-    # Either way the socket must end with close()'s code.
-    # close_timeout=inf: a socket close() missed would never be closed.
+    # The window: the handshake passed the "closing?" check and is writing its
+    # 101 when close() starts, so close() cannot see the socket yet. With
+    # manager.accept (trio-websocket's server) the 101 is a real await: on a
+    # lockstep wire it is held until the peer reads it. close() starts in that
+    # window; the socket registers afterwards and must still end with close()'s
+    # code at once, not only when close_timeout drops what close() missed.
     passed = trio.Event()
 
     def auth(request: Any) -> str:
         passed.set()  # the authenticator is done: next come the check and the 101
         return "late"
 
-    manager = WebSocketManager(
-        authentication=auth, close_timeout=math.inf, heartbeat_interval=math.inf
-    )
-    async with open_peer(manager, idle, handshake=False, lockstep=True) as peer:
-        await peer.send_raw(peer.ws.send(Request(host="testserver", target="/")))
-        await passed.wait()
-        await trio.testing.wait_all_tasks_blocked()  # the 101 is held up on the wire
+    manager = WebSocketManager(authentication=auth, close_timeout=10, heartbeat_interval=math.inf)
+    client, server = trio.testing.lockstep_stream_pair()
+    peer = Peer(client)
+
+    async def serve_one() -> None:
+        request = await trio_websocket.wrap_server_stream(nursery, server)
+        async with manager.accept(request) as sock:
+            await idle(sock)
+
+    with trio.fail_after(60):
         async with trio.open_nursery() as nursery:
+            nursery.start_soon(serve_one)
+            await peer.send_raw(peer.ws.send(Request(host="testserver", target="/")))
+            await passed.wait()
+            await trio.testing.wait_all_tasks_blocked()  # the 101 is held up on the wire
+            assert manager.get_active_connections() == 0  # not registered: close() cannot see it
+            started = trio.current_time()
             nursery.start_soon(manager.close, 1012, "restart")
             await trio.testing.wait_all_tasks_blocked()
             assert manager.closing
             while peer.status is None:  # now read the 101: the socket registers late
                 assert await peer.next_event() is not None
             assert peer.status == 101
-            with trio.fail_after(60):
-                code, reason = await peer.wait_closed()
-        assert (code, reason) == (1012, "restart")
-        assert manager.get_active_connections() == 0
+            code, reason = await peer.wait_closed()
+            assert trio.current_time() - started < 10  # virtual time: before close_timeout
+    assert (code, reason) == (1012, "restart")
+    assert manager.get_active_connections() == 0
 
 
 async def test_a_failing_close_callback_is_logged_and_harms_nothing(
