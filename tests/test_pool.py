@@ -26,6 +26,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import require
+from trio_wsmgr import _border
 from trio_wsmgr._backoff import Backoff
 from trio_wsmgr._exceptions import ConnectionClosed, PoolClosed, PoolTimeout
 from trio_wsmgr.client._health import HealthState, HealthTracker, PoolCore, Slot, SlotState, Waiter
@@ -636,7 +637,7 @@ async def test_pool_release_discards_a_connection_with_unread_replies(backend: B
     async with make_pool(backend.url, max_connections=1, message_queue_size=4) as pool:
         conn = await pool.acquire()
         await conn.send_message("late reply")
-        await eventually(lambda: conn._recv_channel.statistics().current_buffer_used == 1)
+        await eventually(lambda: _border.pending_messages(conn) == 1)
         await pool.release(conn)
         assert pool.statistics().discarded == 1
         async with pool.acquire() as fresh:
