@@ -311,8 +311,7 @@ def test_a_page_cut_off_comes_back_and_shows_what_it_missed_exactly_once(tmp_pat
         texts = bob.locator("#messages .message .text")
         expect(texts).to_have_text(["before the cut"])
 
-        # bob's next reconnection waits 3 to 5 s (the page's own back-off, 4th step)
-        bob.evaluate("state.retries = 3")
+        bob.evaluate("window.__wsmgrHoldReconnect = true")  # bob stays away until released
         cut("bob")
         expect(bob.locator("body")).to_have_attribute("data-state", "closed")
         missed = [f"missed {n}" for n in range(1, 6)]
@@ -322,6 +321,7 @@ def test_a_page_cut_off_comes_back_and_shows_what_it_missed_exactly_once(tmp_pat
             expect(alice.locator("#messages .message .text").last).to_have_text(text)
         assert bob.locator("body").get_attribute("data-state") == "closed"  # truly away
 
+        bob.evaluate("window.__wsmgrReleaseReconnect()")
         expect(bob.locator("body")).to_have_attribute("data-state", "open")
         expect(texts).to_have_text(["before the cut", *missed])  # in order, each once
         expect(bob.locator("#messages .gap")).to_have_count(0)
@@ -346,13 +346,15 @@ def test_a_page_whose_missed_messages_are_lost_shows_the_gap(tmp_path: Path) -> 
         alice.press("#message-input", "Enter")
         texts = bob.locator("#messages .message .text")
         expect(texts).to_have_text(["before the cut"])
-        bob.evaluate("state.retries = 3")  # 3 to 5 s before bob tries again
+        bob.evaluate("window.__wsmgrHoldReconnect = true")  # bob stays away until released
         cut("bob")
         expect(bob.locator("body")).to_have_attribute("data-state", "closed")
         lose()  # the history bob would resume from is gone
         alice.fill("#message-input", "lost for bob")
         alice.press("#message-input", "Enter")
         expect(alice.locator("#messages .message .text").last).to_have_text("lost for bob")
+        assert bob.locator("body").get_attribute("data-state") == "closed"  # truly away
+        bob.evaluate("window.__wsmgrReleaseReconnect()")
         expect(bob.locator("body")).to_have_attribute("data-state", "open")
         expect(bob.locator("#messages .gap")).to_have_count(1)  # said, not hidden
         alice.fill("#message-input", "later")

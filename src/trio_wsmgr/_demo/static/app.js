@@ -70,12 +70,24 @@ function connect() {
     state.roster = [];
     renderUsers();
     const why = event.code === 1001 ? "server going away" : `closed ${event.code}`;
+    if (window.__wsmgrHoldReconnect) {
+      setStatus("closed", `${why}; reconnection held`);
+      return; // a test holds it: window.__wsmgrReleaseReconnect() goes on
+    }
     const delay = Math.min(10000, 500 * 2 ** state.retries) * (0.75 + Math.random() / 2);
     state.retries += 1;
     setStatus("closed", `${why}; reconnecting in ${(delay / 1000).toFixed(1)} s`);
     state.retryTimer = setTimeout(connect, delay);
   });
 }
+
+// Test hook (tests/test_e2e_browser.py): while window.__wsmgrHoldReconnect is true a
+// closed page waits instead of reconnecting, until window.__wsmgrReleaseReconnect()
+// connects at once. Nothing sets the flag on its own, so users see the back-off only.
+window.__wsmgrReleaseReconnect = () => {
+  window.__wsmgrHoldReconnect = false;
+  if (state.ws && state.ws.readyState === WebSocket.CLOSED) connect();
+};
 
 function send(message) {
   if (state.ws && state.ws.readyState === WebSocket.OPEN) {
