@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import pytest
 import trio
 import trio.testing
 
@@ -68,6 +69,15 @@ async def running(
         await server.to_app.send({"type": "websocket.connect"})
         yield server
         nursery.cancel_scope.cancel()
+
+
+def test_asgi_app_takes_fallback_by_keyword_only() -> None:
+    async def handler(sock: ManagedSocket) -> None:
+        pass
+
+    manager = WebSocketManager()
+    with pytest.raises(TypeError):
+        manager.asgi_app(handler, handler)  # type: ignore[misc]
 
 
 async def test_the_handshake_carries_path_query_headers_and_subprotocols() -> None:

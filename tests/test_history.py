@@ -347,6 +347,37 @@ async def test_a_lost_history_starts_a_new_epoch_and_is_not_recovered(engine: En
             assert (message["epoch"], message["offset"], message["data"]) == (after.epoch, 1, "new")
 
 
+async def test_history_with_an_infinite_limit_returns_all_that_is_kept() -> None:
+    async with Broadcaster() as broadcaster:
+        broadcaster.create_channel("news", history_size=5)
+        for n in range(8):
+            await broadcaster.broadcast("news", n)
+        everything = await broadcaster.history("news", limit=math.inf)
+        assert [p.data for p in everything] == [3, 4, 5, 6, 7]
+        since = everything[1].position
+        assert [p.data for p in await broadcaster.history("news", since=since, limit=math.inf)] == [
+            5,
+            6,
+            7,
+        ]
+        for bad in (1.5, -1, -math.inf, "all"):
+            with pytest.raises(ValueError, match="limit"):
+                await broadcaster.history("news", limit=bad)  # type: ignore[arg-type]
+
+
+async def test_history_since_a_lost_epoch_returns_the_new_epochs_publications() -> None:
+    hub = MemoryHub()
+    async with Broadcaster(backend=MemoryBackend(hub=hub)) as broadcaster:
+        broadcaster.create_channel("news", history_size=5)
+        await broadcaster.broadcast("news", "old")
+        old = await broadcaster.position("news")
+        hub.forget_history()
+        await broadcaster.broadcast("news", "new")
+        found = await broadcaster.history("news", since=old)
+        assert [p.data for p in found] == ["new"]
+        assert found[0].position.epoch != old.epoch  # the client sees it must refetch
+
+
 async def test_the_history_expires_ttl_after_the_last_publication(autojump_clock: Any) -> None:
     async with Broadcaster() as broadcaster:
         broadcaster.create_channel("news", history_size=5, history_ttl=60.0)

@@ -7,6 +7,8 @@ Every scrape is parsed with prometheus-client's own text parser; the demo's
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -59,6 +61,16 @@ async def echo(sock: ManagedSocket) -> None:
 def deny_eve(request: Any) -> str | None:
     user = request.query.get("user")
     return None if user == "eve" else user
+
+
+def test_without_the_metrics_extra_the_import_says_what_to_install() -> None:
+    blocked = "import sys; sys.modules['prometheus_client'] = None; import trio_wsmgr.metrics"
+    result = subprocess.run(
+        [sys.executable, "-c", blocked], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    assert "ImportError: trio_wsmgr.metrics needs prometheus-client" in result.stderr
+    assert "pip install 'trio-wsmgr[metrics]'" in result.stderr
 
 
 async def test_manager_counters_are_exported_under_wsmgr_names() -> None:

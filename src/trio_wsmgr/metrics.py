@@ -23,8 +23,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TypeVar
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+try:
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+    from prometheus_client.registry import Collector
+except ImportError as exc:  # the extra is not installed
+    if exc.name is None or exc.name.partition(".")[0] != "prometheus_client":
+        raise
+    raise ImportError(
+        "trio_wsmgr.metrics needs prometheus-client: pip install 'trio-wsmgr[metrics]'",
+        name="prometheus_client",
+    ) from exc
 
 from .broadcast._broadcaster import Broadcaster
 from .client._health import HealthState

@@ -386,7 +386,7 @@ def _not_found_body() -> bytes:
 
 
 def make_app(manager: BridgedManager, handler: Handler, fallback: ASGIApp | None) -> ASGIApp:
-    """``manager.asgi_app(handler, fallback)`` (see there)."""
+    """``manager.asgi_app(handler, fallback=...)`` (see there)."""
 
     async def app(scope: Scope, receive: ASGIReceive, send: ASGISend) -> None:
         kind = scope.get("type")

@@ -366,19 +366,26 @@ class Broadcaster:
         channel: str | Channel,
         *,
         since: StreamPosition | None = None,
-        limit: int = 100,
+        limit: float = 100,
     ) -> list[Publication]:
         """Publications of ``channel`` (oldest first), at most ``limit`` of them.
 
-        ``since=None``: the newest ones; else those after ``since`` (when
-        ``since`` is of another epoch, the history it belonged to is gone, and
-        this returns the newest ones too: compare with :meth:`position`).
+        ``limit``: an int >= 0, or ``math.inf`` for all that are kept.
+        ``since=None``: the newest ones; else those after ``since``. When
+        ``since`` is of another epoch than the channel's, the history it
+        belonged to is gone (lost or expired) and an unknown number of
+        publications are missed: this then returns the newest ones of the
+        current epoch, whose positions show the new epoch. A client that finds
+        ``publication.position.epoch != since.epoch`` must refetch its state
+        instead of applying them as what came after ``since``.
         Raises :class:`~trio_wsmgr.BackendUnavailable` when the backend is down.
         """
         self._check_running()
         stream = self._history_of(channel)
+        if limit == math.inf:
+            limit = stream.options.size  # no more are kept
         if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
-            raise ValueError(f"limit must be an int >= 0, not {limit!r}")
+            raise ValueError(f"limit must be an int >= 0 or math.inf, not {limit!r}")
         if since is not None and not isinstance(since, StreamPosition):
             raise TypeError(f"since must be a StreamPosition, not {since!r}")
         return await _recovery.history(self._history, stream, since, limit)

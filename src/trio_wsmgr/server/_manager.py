@@ -510,7 +510,7 @@ class WebSocketManager:
 
     # -- ASGI (hypercorn, Quart-Trio, ...) ---------------------------------------------
 
-    def asgi_app(self, handler: Handler, fallback: ASGIApp | None = None) -> ASGIApp:
+    def asgi_app(self, handler: Handler, *, fallback: ASGIApp | None = None) -> ASGIApp:
         """An ASGI 3 application that runs ``handler(sock)`` for every WebSocket.
 
         ``websocket`` scopes are admitted by this manager (authentication, origin,
