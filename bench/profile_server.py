@@ -1,6 +1,7 @@
 """Where an idle connection's memory and a handshake's time go, in the trio_wsmgr server.
 
-    python bench/profile_server.py [--connections 2000] [--handshakes 4000] [--compression]
+    python bench/profile_server.py [--connections 2000] [--handshakes 4000]
+        [--fanout-clients 1000] [--fanout-seconds 4] [--only memory,handshakes,fanout]
 
 Runs ``manager.serve`` (library defaults, an idle handler) in this process and the
 raw load client (``loadclient.py``) in another, then writes:
@@ -11,8 +12,12 @@ raw load client (``loadclient.py``) in another, then writes:
 ``bench/results/profile-handshakes.txt``
     ``cProfile`` of the server during ``--handshakes`` opening handshakes (100 in
     flight): the functions with the most own time, and the most cumulative time.
+``bench/results/profile-fanout.txt``
+    ``cProfile`` of the server while it broadcasts 64-byte messages flat out
+    for ``--fanout-seconds`` to ``--fanout-clients`` sockets (as ``run.py``'s
+    fan-out does): own time and cumulative time.
 
-Both start with the commit, Python and library versions that produced them.
+All start with the commit, Python and library versions that produced them.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import io
 import json
 import pstats
 import sys
+import time
 import tracemalloc
 from pathlib import Path
 from typing import Any
@@ -32,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import trio
 from _harness import BENCH, Proc
 from _provenance import provenance
+from servers._common import payload
 
 from trio_wsmgr import ManagedSocket, WebSocketManager
 
@@ -98,25 +105,74 @@ async def handshakes(port: int, total: int) -> tuple[str, dict[str, Any]]:
     return out.getvalue(), result
 
 
+async def fanout(
+    port: int, manager: WebSocketManager, clients: int, seconds: float
+) -> tuple[str, dict[str, Any]]:
+    client = _load(port, clients, "fanout")
+    try:
+        connected = await trio.to_thread.run_sync(client.read, 300)
+        with trio.move_on_after(30):
+            while manager.get_active_connections() < connected["open"]:
+                await trio.sleep(0.05)
+        profile = cProfile.Profile()
+        sent = 0
+        end = time.monotonic() + seconds
+        profile.enable()
+        try:
+            while time.monotonic() < end:
+                await manager.broadcast(payload(sent, time.monotonic()))
+                sent += 1
+        finally:
+            profile.disable()
+        result = await trio.to_thread.run_sync(client.ask, f"expect {sent}", 600)
+    finally:
+        await trio.to_thread.run_sync(client.stop)
+    result["sent"] = sent
+    out = io.StringIO()
+    stats = pstats.Stats(profile, stream=out)
+    stats.sort_stats("tottime").print_stats(30)
+    stats.sort_stats("cumulative").print_stats(30)
+    return out.getvalue(), result
+
+
+async def _drained(manager: WebSocketManager) -> None:
+    with trio.move_on_after(30):
+        while manager.get_active_connections():
+            await trio.sleep(0.1)
+
+
 async def main(args: argparse.Namespace) -> None:
+    only = set(args.only.split(","))
     manager = WebSocketManager()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(manager.serve, idle, "127.0.0.1", 0)
-        text = _header("Idle memory per connection, trio_wsmgr (tracemalloc, server side)")
-        for compression in (False, True):
-            text += await memory(server.port, manager, args.connections, compression)
-            with trio.move_on_after(30):
-                while manager.get_active_connections():
-                    await trio.sleep(0.1)
-        (RESULTS / "profile-memory.txt").write_text(text)
-        print(text)
-        report, result = await handshakes(server.port, args.handshakes)
-        head = _header(
-            f"Opening handshakes, trio_wsmgr under cProfile: {args.handshakes} connections, "
-            f"100 in flight ({result.get('handshakes_per_s', 0):,.0f}/s while profiled)"
-        )
-        (RESULTS / "profile-handshakes.txt").write_text(head + report)
-        print(head + report[:3000])
+        if "memory" in only:
+            text = _header("Idle memory per connection, trio_wsmgr (tracemalloc, server side)")
+            for compression in (False, True):
+                text += await memory(server.port, manager, args.connections, compression)
+                await _drained(manager)
+            (RESULTS / "profile-memory.txt").write_text(text)
+            print(text)
+        if "handshakes" in only:
+            report, result = await handshakes(server.port, args.handshakes)
+            head = _header(
+                f"Opening handshakes, trio_wsmgr under cProfile: {args.handshakes} connections, "
+                f"100 in flight ({result.get('handshakes_per_s', 0):,.0f}/s while profiled)"
+            )
+            (RESULTS / "profile-handshakes.txt").write_text(head + report)
+            print(head + report[:3000])
+            await _drained(manager)
+        if "fanout" in only:
+            report, result = await fanout(
+                server.port, manager, args.fanout_clients, args.fanout_seconds
+            )
+            head = _header(
+                f"Fan-out, trio_wsmgr under cProfile: manager.broadcast of 64-byte messages to "
+                f"{args.fanout_clients} clients for {args.fanout_seconds:g} s "
+                f"({result['sent']} messages, {result.get('deliveries', 0):,} deliveries)"
+            )
+            (RESULTS / "profile-fanout.txt").write_text(head + report)
+            print(head + report[:3000])
         await manager.close()
         nursery.cancel_scope.cancel()
 
@@ -125,5 +181,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--connections", type=int, default=2000)
     parser.add_argument("--handshakes", type=int, default=4000)
+    parser.add_argument("--fanout-clients", type=int, default=1000)
+    parser.add_argument("--fanout-seconds", type=float, default=4.0)
+    parser.add_argument("--only", default="memory,handshakes,fanout")
     ns = parser.parse_args()
     trio.run(main, ns)

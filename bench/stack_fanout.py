@@ -255,22 +255,16 @@ def main() -> None:
 
 
 def provenance(args: argparse.Namespace) -> dict[str, Any]:
-    """What these figures were made with: the commit, the versions, the sizes."""
+    """What these figures were made with: the commit, the versions (``_provenance``), the sizes."""
     from importlib.metadata import version
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=HERE, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = "unknown"
+    from _provenance import provenance as origin
+
     return {
-        "commit": commit,
-        "python": sys.version.split()[0],
-        **{name: version(name) for name in ("trio", "hypercorn", "wsproto")},
+        **origin(),
+        "hypercorn": version("hypercorn"),
         "clients": args.clients,
         "messages": args.messages,
-        "cpus": os.cpu_count(),
     }
 
 
