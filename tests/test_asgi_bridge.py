@@ -127,6 +127,49 @@ async def test_a_refusal_is_a_close_before_accept_without_the_extension() -> Non
         assert await server.next() == {"type": "websocket.close", "code": 1008}
 
 
+async def test_a_websocket_accepted_while_close_runs_gets_the_close_code(
+    autojump_clock: Any,
+) -> None:
+    # The ASGI server holds the accept event (as a real server may await its
+    # write) and close() starts meanwhile. The bridge registers the socket
+    # before the accept event goes out, so close() sees it here (the late close
+    # in the manager's admission is exercised by test_races over
+    # manager.accept). Either way the socket must get close()'s code at once,
+    # not only when close_timeout drops what close() missed.
+    accepting, release = trio.Event(), trio.Event()
+
+    class HoldingServer(FakeServer):
+        async def send(self, event: Any) -> None:
+            if event["type"] == "websocket.accept":
+                accepting.set()
+                await release.wait()
+            await super().send(event)
+
+    async def handler(sock: ManagedSocket) -> None:
+        async for _ in sock:
+            pass
+
+    manager = WebSocketManager(close_timeout=10, heartbeat_interval=math.inf)
+    scope = websocket_scope()
+    server = HoldingServer(scope)
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(manager.asgi_app(handler), scope, server.receive, server.send)
+            await server.to_app.send({"type": "websocket.connect"})
+            await accepting.wait()
+            started = trio.current_time()
+            nursery.start_soon(manager.close, 1012, "restart")
+            await trio.testing.wait_all_tasks_blocked()
+            assert manager.closing
+            release.set()
+            assert (await server.next())["type"] == "websocket.accept"
+            closing = await server.next()
+            assert trio.current_time() - started < 10  # virtual time: before close_timeout
+            await server.to_app.send({"type": "websocket.disconnect", "code": 1012})
+    assert closing == {"type": "websocket.close", "code": 1012, "reason": "restart"}
+    assert manager.get_active_connections() == 0
+
+
 async def test_close_codes_go_both_ways() -> None:
     closed: list[int | None] = []
     both = trio.Event()
