@@ -66,6 +66,12 @@ def border_latest(session: nox.Session) -> None:
 
 @nox.session(default=False)
 def bench(session: nox.Session) -> None:
-    """Benchmarks against the peers; writes bench/results/."""
+    """Benchmarks against the peers; writes bench/results/.
+
+    ``nox -s bench -- bench/stack_fanout.py ...`` runs that bench script instead of run.py.
+    """
     session.install("-e", ".[redis]", *_group("bench"))
-    session.run("python", "bench/run.py", *session.posargs)
+    if session.posargs and session.posargs[0].endswith(".py"):
+        session.run("python", *session.posargs)
+    else:
+        session.run("python", "bench/run.py", *session.posargs)

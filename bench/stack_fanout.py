@@ -16,8 +16,8 @@ microseconds per delivery. Variants:
 ``hypercorn``  ``hypercorn --worker-class trio stack_fanout:app``, the same handler
                through ``manager.asgi_app`` (plain TCP)
 
-Needs the tests dependency group (trustme, hypercorn). Loopback only; every
-process started here is stopped here.
+Needs trustme and hypercorn (both in the bench dependency group: ``nox -s bench --
+bench/stack_fanout.py`` runs it). Loopback only; every process started here is stopped here.
 """
 
 from __future__ import annotations
