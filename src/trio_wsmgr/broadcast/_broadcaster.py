@@ -10,23 +10,13 @@ backend) is plain synchronous code. Three things do I/O:
   subscribers to it);
 * an *inbox* task delivers what other nodes published, in arrival order.
 
-Wire format between nodes (everything after the header is the encoded payload,
-sent as is)::
-
-    byte 0      format version (1)
-    byte 1      flags: bit 0 binary opcode, bits 1-2 on_full (wait, drop, close),
-                bit 3 user-targeted
-    bytes 2-9   the publishing node's random id (a node skips its own messages)
-    [user-targeted only: 2 bytes length + the user id in UTF-8]
-    payload
+The wire format between nodes is in :mod:`._wire`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import re
-import struct
 import zlib
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
@@ -35,12 +25,11 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .._exceptions import BackendUnavailable, InvalidChannelName
+from .._exceptions import BackendUnavailable
 from .._util import unwrap_single_group
 from .._validators import count, instance_of, seconds
-from ..protocol._frames import OPCODE_BINARY, OPCODE_TEXT
 from ..protocol._message import Outgoing
-from ..server._fanout import ON_FULL_CHOICES, OnFull, check_on_full, deliver, deliver_nowait
+from ..server._fanout import OnFull, check_on_full, deliver, deliver_nowait
 from ..server._manager import WebSocketManager
 from ..server._socket import ManagedSocket
 from . import _recovery
@@ -59,39 +48,11 @@ from ._history import (
 )
 from ._memory import MemoryBackend
 from ._presence import LocalPresence, Presence, PresenceKeeper
+from ._wire import MAX_CHANNEL_NAME_LENGTH as MAX_CHANNEL_NAME_LENGTH
+from ._wire import Wire, check_channel_name, decode_wire, encode_wire
 
-#: the longest channel name accepted
-MAX_CHANNEL_NAME_LENGTH: Final = 200
-_NAME = re.compile(r"[A-Za-z0-9_.:/@-]+")
 #: topics the Broadcaster uses for user-targeted messages (never a valid channel name)
 _USER_TOPIC: Final = "!user:{}"
-
-_WIRE_VERSION: Final = 1
-_HEADER = struct.Struct("!BB8s")
-_USER_LENGTH = struct.Struct("!H")
-_FLAG_BINARY = 0x01
-_FLAG_USER = 0x08
-_ON_FULL_SHIFT = 1
-
-
-def check_channel_name(name: object) -> str:
-    """Return ``name`` if it is a valid channel name, else raise :class:`InvalidChannelName`.
-
-    Valid: 1 to :data:`MAX_CHANNEL_NAME_LENGTH` characters from ``A-Z a-z 0-9``
-    and ``_ - . : / @``.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"a channel name must be a str, not {type(name).__name__}")
-    if not name or len(name) > MAX_CHANNEL_NAME_LENGTH:
-        raise InvalidChannelName(
-            f"a channel name must be 1 to {MAX_CHANNEL_NAME_LENGTH} characters, "
-            f"not {len(name)}: {name[:40]!r}"
-        )
-    if _NAME.fullmatch(name) is None:
-        raise InvalidChannelName(
-            f"invalid channel name {name[:40]!r}: use only A-Z a-z 0-9 _ - . : / @"
-        )
-    return name
 
 
 def _channel_name(channel: object) -> str:
@@ -99,61 +60,6 @@ def _channel_name(channel: object) -> str:
     if isinstance(channel, Channel):
         return channel.name
     return check_channel_name(channel)
-
-
-# -- the wire format (sync, no I/O) ------------------------------------------------------
-
-
-@attrs.frozen
-class _Wire:
-    node: bytes
-    opcode: int
-    on_full: OnFull
-    user_id: str | None
-    payload: bytes
-
-    def outgoing(self) -> Outgoing:
-        return Outgoing.from_encoded(self.opcode, self.payload)  # encoded by the publisher
-
-
-def encode_wire(node: bytes, outgoing: Outgoing, on_full: OnFull, user_id: str | None) -> bytes:
-    flags = ON_FULL_CHOICES.index(on_full) << _ON_FULL_SHIFT
-    if outgoing.opcode == OPCODE_BINARY:
-        flags |= _FLAG_BINARY
-    header = _HEADER.pack(_WIRE_VERSION, flags, node)
-    if user_id is None:
-        return header + outgoing.payload
-    user = user_id.encode("utf-8")
-    flags |= _FLAG_USER
-    header = _HEADER.pack(_WIRE_VERSION, flags, node)
-    return b"".join((header, _USER_LENGTH.pack(len(user)), user, outgoing.payload))
-
-
-def decode_wire(data: bytes) -> _Wire | None:
-    """Parse a message from another node; None if it is not ours or is malformed."""
-    if len(data) < _HEADER.size:
-        return None
-    version, flags, node = _HEADER.unpack_from(data)
-    on_full_index = (flags >> _ON_FULL_SHIFT) & 0x03
-    if version != _WIRE_VERSION or on_full_index >= len(ON_FULL_CHOICES):
-        return None
-    offset = _HEADER.size
-    user_id = None
-    if flags & _FLAG_USER:
-        if len(data) < offset + _USER_LENGTH.size:
-            return None
-        (length,) = _USER_LENGTH.unpack_from(data, offset)
-        offset += _USER_LENGTH.size
-        if len(data) < offset + length:
-            return None
-        try:
-            user_id = data[offset : offset + length].decode("utf-8")
-        except UnicodeDecodeError:
-            return None
-        offset += length
-    opcode = OPCODE_BINARY if flags & _FLAG_BINARY else OPCODE_TEXT
-    on_full: OnFull = ON_FULL_CHOICES[on_full_index]  # type: ignore[assignment]
-    return _Wire(node, opcode, on_full, user_id, data[offset:])
 
 
 # -- public objects ---------------------------------------------------------------------
@@ -784,7 +690,7 @@ class Broadcaster:
         if wire is None:
             self._counts["malformed"] += 1
             return
-        if isinstance(wire, _Wire) and wire.node == self._node:
+        if isinstance(wire, Wire) and wire.node == self._node:
             self._counts["echoes"] += 1
             return
         self._counts["received"] += 1
@@ -795,7 +701,7 @@ class Broadcaster:
             inbox.send_nowait((topic, wire))
         except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
             self._counts["inbox_dropped"] += 1
-            if not isinstance(wire, _Wire):  # history: read it back once the inbox is empty
+            if not isinstance(wire, Wire):  # history: read it back once the inbox is empty
                 self._missed[topic] = wire[0]
 
     async def _run_inbox(self, inbox: trio.MemoryReceiveChannel[tuple[str, _Inboxed]]) -> None:
@@ -811,7 +717,7 @@ class Broadcaster:
                     topic, wire = await inbox.receive()
                 except trio.EndOfChannel:
                     return
-            if not isinstance(wire, _Wire):  # a channel with history: in position order
+            if not isinstance(wire, Wire):  # a channel with history: in position order
                 await _recovery.deliver_positioned(self._history, self._stream(topic), *wire)
                 continue
             if wire.user_id is not None:
@@ -949,7 +855,7 @@ class _Join:
 #: history size assumed for a channel with history that this node did not create
 _DEFAULT_HISTORY: Final = 100
 
-_Inboxed = _Wire | tuple[StreamPosition, bytes]
+_Inboxed = Wire | tuple[StreamPosition, bytes]
 
 
 def _ids(exclude: ManagedSocket | Collection[ManagedSocket] | None) -> frozenset[int]:
