@@ -132,14 +132,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                     worker=args.worker,
                 )
             )
-        except OSError as exc:
-            print(f"trio-wsmgr: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
-            return 1
-        except (ImportError, ValueError) as exc:
-            print(f"trio-wsmgr: {exc}", file=sys.stderr)
-            return 2
+        except (OSError, ImportError, ValueError) as exc:
+            return _cannot_start(args, exc)
         print("stopped", flush=True)
     return 0
+
+
+def _cannot_start(args: argparse.Namespace, exc: Exception) -> int:
+    """Say in one line why the demo cannot start; the exit status (1: the address, 2: setup)."""
+    if isinstance(exc, OSError):
+        print(f"trio-wsmgr: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    print(f"trio-wsmgr: {exc}", file=sys.stderr)  # a bad option, or a missing extra
+    return 2
 
 
 def _supervise(args: argparse.Namespace) -> int:
@@ -157,12 +162,8 @@ def _supervise(args: argparse.Namespace) -> int:
     try:
         RedisBackend(args.redis)  # a bad URL or a missing coredis: one line, now
         reserved = reserve_port(args.host, args.port)
-    except OSError as exc:
-        print(f"trio-wsmgr: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
-        return 1
-    except (ImportError, ValueError) as exc:
-        print(f"trio-wsmgr: {exc}", file=sys.stderr)
-        return 2
+    except (OSError, ImportError, ValueError) as exc:
+        return _cannot_start(args, exc)
     status = trio.run(supervise, args.host, reserved, args.redis, args.workers)
     print("stopped", flush=True)
     return status
