@@ -46,6 +46,7 @@ from ._history import (
     SubscribeResult,
     split_positioned,
 )
+from ._membership import Membership
 from ._memory import MemoryBackend
 from ._presence import LocalPresence, Presence, PresenceKeeper
 from ._wire import MAX_CHANNEL_NAME_LENGTH as MAX_CHANNEL_NAME_LENGTH
@@ -195,14 +196,20 @@ class Broadcaster:
     _history: _recovery.HistoryHost = attrs.field(init=False)
     _local_presence: LocalPresence = attrs.field(init=False, factory=LocalPresence)
     _keeper: PresenceKeeper | None = attrs.field(init=False, default=None)
-    #: subscribe calls in flight per (socket id, channel)
-    _joins: dict[tuple[int, str], _Join] = attrs.field(init=False, factory=dict)
+    _membership: Membership = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         names = "broadcasts local_deliveries published publish_failures received"
         names += " remote_deliveries echoes inbox_dropped malformed gap_fills"
         self._counts = dict.fromkeys(names.split(), 0)
         self._history = _recovery.HistoryHost(self._node, self.backend, self._counts, self._members)
+        self._membership = Membership(
+            self._joined,
+            self._left,
+            self._first_or_last,
+            members=self._members,
+            memberships=self._memberships,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -399,13 +406,13 @@ class Broadcaster:
                 raise ValueError(f"since: channel {name!r} has no history")
         if stream is not None:
             return await self._subscribe_history(sock, stream, since)
-        join = self._begin_join(sock, name)
+        join = self._membership.begin_join(sock, name)
         try:
             await self._wait_synced(self._requested)
         except BaseException:
-            self._end_join(sock, name, join, done=False)  # cancelled: it did not happen
+            self._membership.end_join(sock, name, join, done=False)  # cancelled: it did not happen
             raise
-        self._end_join(sock, name, join, done=True)
+        self._membership.end_join(sock, name, join, done=True)
         return NO_HISTORY
 
     async def _subscribe_history(
@@ -415,7 +422,7 @@ class Broadcaster:
         if sock.id in self._members.get(name, {}):
             return SubscribeResult(False, await _recovery.position(self._history, stream))
         stream.cursors[sock.id] = Cursor()  # held back until the replay is done
-        join = self._begin_join(sock, name)
+        join = self._membership.begin_join(sock, name)
         try:
             await self._wait_synced(self._requested)
             # shielded by recover() once it sent sock a publication: from there on,
@@ -423,45 +430,11 @@ class Broadcaster:
             with trio.CancelScope() as replay:
                 result = await _recovery.recover(self._history, sock, stream, since, replay)
         except BaseException:
-            self._end_join(sock, name, join, done=False)  # a half replay must not be a gap
+            # cancelled, or failed: undone (a half replay must not be a gap)
+            self._membership.end_join(sock, name, join, done=False)
             raise
-        self._end_join(sock, name, join, done=True)
+        self._membership.end_join(sock, name, join, done=True)
         return result
-
-    def _begin_join(self, sock: ManagedSocket, name: str) -> _Join:
-        """A subscribe call begins: add ``sock`` to ``name`` unless it is a member."""
-        join = self._joins.get((sock.id, name))
-        if join is None:
-            join = self._joins[sock.id, name] = _Join()
-        join.calls += 1
-        if sock.id not in self._members.get(name, {}):
-            self._add(sock, name)
-            join.owned = True  # undone if every call in flight for it is cancelled
-        return join
-
-    def _end_join(self, sock: ManagedSocket, name: str, join: _Join, *, done: bool) -> None:
-        """A subscribe call ends: ``done`` (it returned) or not (it raised: undo it)."""
-        join.calls -= 1
-        if done:
-            join.owned = False  # a call returned: the membership stands
-        elif join.owned and not join.calls:
-            self._remove(sock, name)  # no-op if it left meanwhile
-            self._forget_if_idle(sock)
-        if not join.calls:
-            del self._joins[sock.id, name]
-
-    def _add(self, sock: ManagedSocket, name: str) -> None:
-        members = self._members.setdefault(name, {})
-        if sock.id not in members:
-            members[sock.id] = sock
-            self._presence_add(name, sock)
-            names = self._memberships.setdefault(sock.id, set())
-            names.add(name)
-            if len(names) == 1:
-                sock.add_close_callback(self._on_close)  # runs at once if already closed
-            if len(members) == 1:
-                self._changed.add(name)
-                self._request_sync()
 
     async def unsubscribe(self, sock: ManagedSocket, channel: str | Channel) -> None:
         """Remove ``sock`` from ``channel``; nothing happens if it was not subscribed.
@@ -474,46 +447,33 @@ class Broadcaster:
         self._check_running()
         name = _channel_name(channel)
         await trio.lowlevel.checkpoint_if_cancelled()
-        self._remove(sock, name)
-        self._forget_if_idle(sock)
+        self._membership.remove(sock, name)
+        self._membership.forget_if_idle(sock)
         with trio.CancelScope(shield=True):
             await self._wait_synced(self._requested)
 
-    def _forget_if_idle(self, sock: ManagedSocket) -> None:
-        names = self._memberships.get(sock.id)
-        if names is not None and not names:
-            del self._memberships[sock.id]
-            sock.remove_close_callback(self._on_close)
-
-    def _remove(self, sock: ManagedSocket, name: str) -> None:
-        members = self._members.get(name)
-        if members is None or members.pop(sock.id, None) is None:
-            return
-        self._local_presence.remove(name, sock.user_id)
-        if self._keeper is not None:
-            self._keeper.changed()
-        self._memberships.get(sock.id, set()).discard(name)
-        stream = self._streams.get(name)
-        if stream is not None:
-            stream.cursors.pop(sock.id, None)
-        if not members:
-            del self._members[name]
-            if stream is not None:
-                stream.last = None  # the node stops receiving: no gap to fill later
-            self._changed.add(name)
-            self._request_sync()
-
-    def _on_close(self, sock: ManagedSocket) -> None:
-        for name in list(self._memberships.get(sock.id, ())):
-            self._remove(sock, name)
-        self._memberships.pop(sock.id, None)
-
     # -- presence ------------------------------------------------------------------------
 
-    def _presence_add(self, name: str, sock: ManagedSocket) -> None:
+    def _joined(self, name: str, sock: ManagedSocket) -> None:
         self._local_presence.add(name, sock.user_id)
         if self._keeper is not None:
             self._keeper.changed()
+
+    def _left(self, name: str, sock: ManagedSocket) -> None:
+        self._local_presence.remove(name, sock.user_id)
+        if self._keeper is not None:
+            self._keeper.changed()
+        stream = self._streams.get(name)
+        if stream is not None:
+            stream.cursors.pop(sock.id, None)
+
+    def _first_or_last(self, name: str, first: bool) -> None:
+        """``name`` got its first local subscriber, or lost its last: tell the backend."""
+        stream = self._streams.get(name)
+        if not first and stream is not None:
+            stream.last = None  # the node stops receiving: no gap to fill later
+        self._changed.add(name)
+        self._request_sync()
 
     async def presence(self, channel: str | Channel) -> Presence:
         """Who is subscribed to ``channel`` (a name or a :class:`Channel`) on every live node.
@@ -832,24 +792,8 @@ class Broadcaster:
             await self.backend.run(self._receive, task_status=task_status)
 
     def _release_sockets(self) -> None:
-        for members in self._members.values():
-            for sock in members.values():
-                sock.remove_close_callback(self._on_close)
-        self._members.clear()
-        self._memberships.clear()
+        self._membership.release()
         self._local_presence.clear()
-
-
-class _Join:
-    """The subscribe calls in flight for one (socket, channel)."""
-
-    __slots__ = ("calls", "owned")
-
-    def __init__(self) -> None:
-        #: how many
-        self.calls = 0
-        #: one of them added the socket and none returned yet
-        self.owned = False
 
 
 #: history size assumed for a channel with history that this node did not create
