@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import random
 import ssl
-import urllib.parse
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import Generator
 from types import TracebackType
 from typing import Any
 
@@ -49,6 +48,7 @@ from ._health import (
     SlotState,
     Waiter,
 )
+from ._target import Target, headers_option, protocols_option, url_option
 
 #: the errors that mean "this connection is broken" when they leave ``async with acquire()``
 CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -64,37 +64,6 @@ _CLEAN_CLOSE = (CloseCode.NORMAL, CloseCode.GOING_AWAY)
 
 
 # -- options ----------------------------------------------------------------------------------
-
-
-def _url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if not isinstance(value, str):
-        raise TypeError(f"url must be a str like 'ws://host:port/path', not {value!r}")
-    parts = urllib.parse.urlsplit(value)
-    if parts.scheme not in ("ws", "wss") or not parts.hostname:
-        raise ValueError(f"url must be a ws:// or wss:// URL with a host, not {value!r}")
-
-
-def _headers(
-    value: Mapping[str | bytes, str | bytes] | Sequence[tuple[str | bytes, str | bytes]],
-) -> tuple[tuple[bytes, bytes], ...]:
-    items = value.items() if isinstance(value, Mapping) else value
-    if isinstance(items, str | bytes):
-        raise TypeError(f"extra_headers must be a mapping or (name, value) pairs, not {value!r}")
-
-    def raw(text: str | bytes) -> bytes:
-        if isinstance(text, str):
-            return text.encode("latin-1")
-        if isinstance(text, bytes):
-            return text
-        raise TypeError(f"extra_headers names and values must be str or bytes, not {text!r}")
-
-    return tuple((raw(name), raw(val)) for name, val in items)
-
-
-def _protocols(value: Sequence[str]) -> tuple[str, ...]:
-    if isinstance(value, str) or not all(isinstance(p, str) for p in value):
-        raise TypeError(f"subprotocols must be a list of strings, not {value!r}")
-    return tuple(value)
 
 
 def _is_connection_error(exc: BaseException) -> bool:
@@ -128,35 +97,6 @@ def _task_alive(task: object) -> bool:
     return not isinstance(task, trio.lowlevel.Task) or task.coro.cr_frame is not None
 
 
-@attrs.frozen
-class _Target:
-    """Where the pool connects, parsed once from its URL."""
-
-    host: str
-    port: int
-    #: the ``Host`` header: the URL's authority, brackets and explicit port included
-    host_header: str
-    #: path and query
-    resource: str
-    ssl_context: ssl.SSLContext | None
-
-    @classmethod
-    def parse(cls, url: str, ssl_context: ssl.SSLContext | None) -> _Target:
-        parts = urllib.parse.urlsplit(url)
-        secure = parts.scheme == "wss"
-        if secure and ssl_context is None:
-            ssl_context = ssl.create_default_context()
-        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        assert parts.hostname is not None  # checked by the url validator
-        return cls(
-            host=parts.hostname,
-            port=parts.port or (443 if secure else 80),
-            host_header=parts.netloc.rpartition("@")[2],
-            resource=resource,
-            ssl_context=ssl_context,
-        )
-
-
 # -- the pool ---------------------------------------------------------------------------------
 
 
@@ -177,7 +117,7 @@ class WebSocketPool:
     """
 
     #: ``ws://`` or ``wss://`` URL of the backend
-    url: str = attrs.field(validator=_url)
+    url: str = attrs.field(validator=url_option)
     #: hard cap on connections: active + idle + connecting + closing
     max_connections: int = attrs.field(default=10, kw_only=True, validator=count(1))
     #: opened when the pool starts, and re-opened while the backend is up
@@ -212,10 +152,12 @@ class WebSocketPool:
     )
     #: sent with every handshake: a mapping or (name, value) pairs, str or bytes
     extra_headers: tuple[tuple[bytes, bytes], ...] = attrs.field(
-        default=(), kw_only=True, converter=_headers
+        default=(), kw_only=True, converter=headers_option
     )
     #: offered in every handshake, in order of preference
-    subprotocols: tuple[str, ...] = attrs.field(default=(), kw_only=True, converter=_protocols)
+    subprotocols: tuple[str, ...] = attrs.field(
+        default=(), kw_only=True, converter=protocols_option
+    )
     #: larger incoming messages close the connection with 1009
     max_message_size: int = attrs.field(default=1 << 20, kw_only=True, validator=count(1))
     #: received messages buffered per connection before reading pauses
@@ -234,7 +176,7 @@ class WebSocketPool:
     )
 
     _core: PoolCore = attrs.field(init=False)
-    _target: _Target = attrs.field(init=False)
+    _target: Target = attrs.field(init=False)
     _nursery: trio.Nursery | None = attrs.field(init=False, default=None)
     _nursery_manager: Any = attrs.field(init=False, default=None)
     _kick: trio.Event = attrs.field(init=False, factory=trio.Event)
@@ -250,7 +192,7 @@ class WebSocketPool:
             )
         if self.ssl_context is not None and self.url.startswith("ws:"):
             raise ValueError("ssl_context is only for wss:// URLs")
-        self._target = _Target.parse(self.url, self.ssl_context)
+        self._target = Target.parse(self.url, self.ssl_context)
         tracker = HealthTracker(self.failure_threshold, self.backoff, self.rng)
         self._core = PoolCore(
             max_connections=self.max_connections,
