@@ -10,8 +10,8 @@ fan-out, statistics and the registry are the shared ManagedSocket code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import suppress
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import trio
@@ -292,3 +292,30 @@ class _Pong:
         if policy is not None:
             policy.pong(trio.current_time())
             self._host.reschedule()
+
+
+@asynccontextmanager
+async def background_nursery(heartbeat: HeartbeatHost) -> AsyncIterator[trio.Nursery]:
+    """A nursery for one connection's loops, shielded from cancellation outside it.
+
+    Cancelling ``serve`` (or a handler) must still close each socket cleanly: the
+    reader has to keep running to see the peer's close reply. So the loops live
+    in a shielded nursery that is cancelled explicitly when the block exits,
+    after the connection's bounded final close. The task that keeps it open
+    also runs the connection's heartbeat (one task fewer per connection).
+    """
+    async with trio.open_nursery() as outer:
+        inner: trio.Nursery = await outer.start(_shielded_nursery, heartbeat)
+        try:
+            yield inner
+        finally:
+            inner.cancel_scope.cancel()
+
+
+async def _shielded_nursery(
+    heartbeat: HeartbeatHost, *, task_status: trio.TaskStatus[trio.Nursery]
+) -> None:
+    with trio.CancelScope(shield=True):
+        async with trio.open_nursery() as nursery:
+            task_status.started(nursery)
+            await heartbeat.run()  # keeps the nursery open until it is cancelled

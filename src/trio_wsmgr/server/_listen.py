@@ -11,9 +11,17 @@ processes bind the same port and the kernel spreads new connections over them
 from __future__ import annotations
 
 import errno
+import logging
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
+
+if TYPE_CHECKING:
+    from ._socket import Handler
+
+logger = logging.getLogger("trio_wsmgr")
 
 #: the backlog trio uses (the kernel caps it at its own maximum)
 _BACKLOG = 0xFFFF
@@ -82,3 +90,45 @@ async def open_listeners(
             unsupported[0] if unsupported else None
         )
     return listeners
+
+
+#: accept() errors that mean "out of resources for now": wait and retry (as trio.serve_listeners)
+_ACCEPT_CAPACITY_ERRNOS = frozenset(
+    code
+    for code in (getattr(errno, name, None) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"))
+    if code is not None
+)
+#: how long to wait before accepting again after such an error
+_ACCEPT_RETRY_DELAY = 0.1
+
+
+async def accept_loop(
+    listener: trio.abc.Listener[Any],
+    connections: trio.Nursery,
+    handler: Handler,
+    serve_stream: Callable[[Handler, trio.abc.Stream], Awaitable[None]],
+) -> None:
+    """Accept for ever; ``serve_stream(handler, stream)`` serves each in ``connections``.
+
+    What :func:`trio.serve_listeners` does, minus its wrapper coroutine around each
+    connection (kept alive, and scanned by the garbage collector, for the
+    connection's whole life) and its second close of each stream
+    (``serve_stream`` always closes its stream).
+    """
+    start_soon = connections.start_soon
+    async with listener:  # closed however the loop ends (a cancelled serve() too)
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:
+                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
+                    raise
+                logger.error(
+                    "accept() failed with %s; retrying in %s s",
+                    errno.errorcode.get(exc.errno or 0, exc.errno),
+                    _ACCEPT_RETRY_DELAY,
+                    exc_info=True,
+                )
+                await trio.sleep(_ACCEPT_RETRY_DELAY)
+                continue
+            start_soon(serve_stream, handler, stream)

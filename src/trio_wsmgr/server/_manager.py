@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import logging
 import math
 import ssl
@@ -28,12 +27,12 @@ from ..protocol._handshake import (
     reject_response,
 )
 from ..protocol._message import Outgoing
-from ._accepted import AcceptedSocket, HeartbeatHost, TwsAnswer
+from ._accepted import AcceptedSocket, HeartbeatHost, TwsAnswer, background_nursery
 from ._answer import Answer, StreamAnswer, read_head, request_info, write_and_close
 from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
 from ._context import Counters, SocketContext
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
-from ._listen import open_listeners
+from ._listen import accept_loop, open_listeners
 from ._registry import Registry
 from ._socket import Handler as Handler
 from ._socket import ManagedSocket
@@ -285,7 +284,9 @@ class WebSocketManager:
                 try:
                     async with trio.open_nursery() as acceptors:
                         for listener in served:
-                            acceptors.start_soon(_accept_loop, listener, connections, handler, self)
+                            acceptors.start_soon(
+                                accept_loop, listener, connections, handler, self.serve_stream
+                            )
                         task_status.started(Server(tuple(listeners)))
                 finally:
                     self._listener_scopes.discard(accepting)
@@ -450,7 +451,7 @@ class WebSocketManager:
         buffered = _border.adopt_stream(conn, BufferedStream, BufferedStream)
         heartbeat = HeartbeatHost()
         with self._connection_scope() as scope, unwrap_single_group():
-            async with _background_nursery(heartbeat) as nursery:
+            async with background_nursery(heartbeat) as nursery:
                 buffered.attach(nursery)
                 sock: ManagedSocket | None = None
                 info = HandshakeRequest(
@@ -737,73 +738,3 @@ def _remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
     if isinstance(peer, tuple):
         return str(peer[0]), int(peer[1])
     return None
-
-
-#: accept() errors that mean "out of resources for now": wait and retry (as trio.serve_listeners)
-_ACCEPT_CAPACITY_ERRNOS = frozenset(
-    code
-    for code in (getattr(errno, name, None) for name in ("EMFILE", "ENFILE", "ENOMEM", "ENOBUFS"))
-    if code is not None
-)
-#: how long to wait before accepting again after such an error
-_ACCEPT_RETRY_DELAY = 0.1
-
-
-async def _accept_loop(
-    listener: trio.abc.Listener[Any],
-    connections: trio.Nursery,
-    handler: Handler,
-    manager: WebSocketManager,
-) -> None:
-    """Accept connections for ever, each served by ``manager.serve_stream`` in ``connections``.
-
-    What :func:`trio.serve_listeners` does, minus its wrapper coroutine around each
-    connection (kept alive, and scanned by the garbage collector, for the
-    connection's whole life) and its second close of each stream
-    (``serve_stream`` always closes its stream).
-    """
-    serve_stream = manager.serve_stream
-    start_soon = connections.start_soon
-    async with listener:  # closed however the loop ends (a cancelled serve() too)
-        while True:
-            try:
-                stream = await listener.accept()
-            except OSError as exc:
-                if exc.errno not in _ACCEPT_CAPACITY_ERRNOS:
-                    raise
-                logger.error(
-                    "accept() failed with %s; retrying in %s s",
-                    errno.errorcode.get(exc.errno or 0, exc.errno),
-                    _ACCEPT_RETRY_DELAY,
-                    exc_info=True,
-                )
-                await trio.sleep(_ACCEPT_RETRY_DELAY)
-                continue
-            start_soon(serve_stream, handler, stream)
-
-
-@asynccontextmanager
-async def _background_nursery(heartbeat: HeartbeatHost) -> AsyncIterator[trio.Nursery]:
-    """A nursery for one connection's loops, shielded from cancellation outside it.
-
-    Cancelling ``serve`` (or a handler) must still close each socket cleanly: the
-    reader has to keep running to see the peer's close reply. So the loops live
-    in a shielded nursery that is cancelled explicitly when the block exits,
-    after the connection's bounded final close. The task that keeps it open
-    also runs the connection's heartbeat (one task fewer per connection).
-    """
-    async with trio.open_nursery() as outer:
-        inner: trio.Nursery = await outer.start(_shielded_nursery, heartbeat)
-        try:
-            yield inner
-        finally:
-            inner.cancel_scope.cancel()
-
-
-async def _shielded_nursery(
-    heartbeat: HeartbeatHost, *, task_status: trio.TaskStatus[trio.Nursery]
-) -> None:
-    with trio.CancelScope(shield=True):
-        async with trio.open_nursery() as nursery:
-            task_status.started(nursery)
-            await heartbeat.run()  # keeps the nursery open until it is cancelled
