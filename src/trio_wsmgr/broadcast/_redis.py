@@ -169,6 +169,8 @@ class RedisBackend(Backend):
     _topics: set[str] = attrs.field(init=False, factory=set)
     _client: Any = attrs.field(init=False, default=None)
     _pubsub: Any = attrs.field(init=False, default=None)
+    #: the run_id of the server process behind ``_pubsub`` (for the history's writer)
+    _run_id: bytes = attrs.field(init=False, default=b"")
     _session: trio.CancelScope | None = attrs.field(init=False, default=None)
     _cluster: ClusterPubSub | None = attrs.field(init=False, default=None)
     _lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
@@ -399,7 +401,8 @@ class RedisBackend(Backend):
                     f"not connected to the Redis Cluster at {_redact(self.url)}", delivered=0
                 )
             slot = key_slot(channel.encode())
-            return await cluster.execute(slot, b"EVAL", source, len(keys), *keys, *args)
+            command = (b"EVAL", source, len(keys), *keys, *args)
+            return await cluster.execute(slot, *command, with_run_id=True)
         client = self._client
         if client is None or self._pubsub is None:
             await trio.lowlevel.checkpoint()
@@ -408,6 +411,8 @@ class RedisBackend(Backend):
             with trio.fail_after(self.command_timeout):
                 # On the pub/sub connection, as PUBLISH: cheaper than a client call,
                 # and this node's publications leave in call order on one connection.
+                # Its server process' run_id: the script's last argument.
+                args = [*args, self._run_id]
                 return await _redis_history.run_script(self._pubsub.connection, source, keys, args)
         except Exception as exc:
             raise BackendUnavailable(
@@ -482,6 +487,8 @@ class RedisBackend(Backend):
                 await self._probe()
                 async with self._open() as (client, pubsub):
                     async with self._lock:
+                        # the server process behind this connection: the history's writer
+                        self._run_id = await _redis_history.learn_run_id(pubsub.connection)
                         topics = sorted(self._topics)
                         for start in range(0, len(topics), _SUBSCRIBE_BATCH):
                             batch = topics[start : start + _SUBSCRIBE_BATCH]

@@ -35,6 +35,7 @@ import trio
 from .._backoff import Backoff
 from .._exceptions import BackendUnavailable
 from ._backend import ShardStatistics
+from ._redis_history import parse_run_id
 from ._redis_resp import Connection, Credentials, Push, ServerError, key_slot, slot_ranges
 
 logger = logging.getLogger("trio_wsmgr.backends.redis")
@@ -133,6 +134,8 @@ class _Shard:
     lock: trio.Lock = attrs.field(factory=trio.Lock)
     last_read: float = 0.0
     outage_logged: bool = False
+    #: the run_id of the server process behind ``connection`` (learned when it opened)
+    run_id: bytes = b""
 
     def send(
         self, kind: bytes, *args: bytes | str | int, channels: Collection[bytes] = ()
@@ -325,6 +328,8 @@ class ClusterPubSub:
     async def _shard_session(self, shard: _Shard) -> None:
         with trio.fail_after(self.connect_timeout):
             shard.connection = await Connection.open(*shard.address, self.credentials)
+            info = await shard.connection.request(b"INFO", b"server")  # nobody reads yet
+            shard.run_id = parse_run_id(info)
         shard.last_read = trio.current_time()
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._write, shard)
@@ -447,8 +452,13 @@ class ClusterPubSub:
     async def publish(self, channel: bytes, data: bytes) -> None:
         await self.execute(key_slot(channel), b"SPUBLISH", channel, data)
 
-    async def execute(self, slot: int, *args: bytes | str | int) -> object:
+    async def execute(
+        self, slot: int, *args: bytes | str | int, with_run_id: bool = False
+    ) -> object:
         """Run one command on the master of ``slot`` (following ``MOVED`` and ``ASK``); its reply.
+
+        ``with_run_id``: append the ``run_id`` of the node it runs on (the history's
+        scripts take it: who writes).
 
         For the backend's siblings too (presence, history): commands on a shard's
         connection leave in call order with this node's publications. Raises
@@ -469,7 +479,7 @@ class ClusterPubSub:
             await trio.lowlevel.checkpoint_if_cancelled()
             if asked is not None:  # the slot is being imported there: this command only
                 shard.send(b"", b"ASKING")
-            pending = shard.send(b"", *args)
+            pending = shard.send(b"", *args, *((shard.run_id,) if with_run_id else ()))
             with trio.CancelScope(shield=True), trio.move_on_after(self.command_timeout):
                 await pending.done.wait()
             reply = pending.value
