@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import random
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -26,7 +27,8 @@ from websockets.exceptions import ConnectionClosed as ClientClosed
 from websockets.trio.client import ClientConnection, connect
 
 from redis_cluster import RedisCluster
-from redis_server import RedisServer, redis_server_fixture  # noqa: F401
+from redis_cluster import fresh_redis_cluster_fixture as fresh_redis_cluster_fixture
+from redis_server import RedisServer, _read_reply, redis_server_fixture  # noqa: F401
 from test_broadcaster import Engine, LoopbackBackend, MemoryEngine, RedisEngine
 from trio_wsmgr import (
     BackendUnavailable,
@@ -48,6 +50,7 @@ from trio_wsmgr.broadcast._history import (
     encode_positioned,
     split_positioned,
 )
+from trio_wsmgr.broadcast._redis_resp import encode
 
 WAIT = 10.0
 NEWS = {"history_size": 1000}
@@ -647,3 +650,113 @@ async def test_a_live_subscriber_sees_the_new_epoch_when_the_history_is_lost(
         new = await x.envelope()  # a resubscribed by itself; the envelope tells the story
         assert (new["data"], new["offset"]) == ("new", 1)
         assert new["epoch"] != old["epoch"]
+
+
+# -- a history that comes back shorter: the lost offsets are never given again --------------
+
+
+async def _connected(*nodes: Node) -> None:
+    with trio.fail_after(WAIT):  # the nodes reconnect (and resubscribe) by themselves
+        for node in nodes:
+            while not getattr(node.broadcaster.statistics().backend, "connected", True):
+                await trio.sleep(0.05)
+
+
+async def _broadcast_when_up(node: Node, channel: str, message: object) -> None:
+    with trio.fail_after(3 * WAIT):
+        while True:
+            try:
+                await node.broadcaster.broadcast(channel, message)
+                return
+            except BackendUnavailable:
+                await trio.sleep(0.05)
+
+
+@pytest.mark.redis
+async def test_a_redis_restarted_from_a_snapshot_without_its_last_writes_starts_a_new_epoch(
+    redis_server: RedisServer,
+) -> None:
+    engine = RedisEngine(redis_server)
+    async with two_history_nodes(engine) as (a, b), reader(a, "x") as x:
+        for n in range(3):
+            await b.broadcaster.broadcast("news", n)
+        redis_server.command("SAVE")  # the snapshot it will come back from
+        for n in range(3, 5):  # acknowledged, in no snapshot
+            await b.broadcaster.broadcast("news", n)
+        seen = await x.envelopes(5)
+        epoch = seen[-1]["epoch"]
+        assert [m["offset"] for m in seen] == [1, 2, 3, 4, 5]
+        redis_server.kill()  # as a crash between two saves
+        await redis_server.astart()
+        assert redis_server.command("HGET", "{trio_wsmgr:news}:m", "t") == "3", "shorter"
+        await _connected(a, b)
+        await _broadcast_when_up(b, "news", "new")
+        new = await x.envelope()  # x saw offsets 4 and 5 of the lost story: told, not skipped
+        assert new["data"] == "new"
+        assert new["epoch"] != epoch
+        assert new["offset"] == 4
+        assert await a.broadcaster.position("news") == StreamPosition(new["epoch"], 4)
+        kept = await a.broadcaster.history("news")
+        assert [(p.position.offset, p.data) for p in kept] == [(1, 0), (2, 1), (3, 2), (4, "new")]
+        for name, since in (("y", StreamPosition(epoch, 5)), ("z", StreamPosition(epoch, 2))):
+            async with reader(a, name, since=since) as r:  # the old epoch: never recovered
+                assert (r.result["recovered"], r.result["epoch"]) == (False, new["epoch"])
+                assert r.early == []
+
+
+def _info(node: RedisServer) -> dict[str, str]:
+    lines = str(node.command("INFO", "replication")).splitlines()
+    return dict(line.split(":", 1) for line in lines if ":" in line)
+
+
+def _cut_replication(master: RedisServer) -> None:
+    """From now on ``master``'s replica gets nothing: its link is cut and it cannot
+    reconnect (a password it does not know). ``master``'s clients stay logged in."""
+    commands = [("CONFIG", "SET", "requirepass", "cut"), ("CLIENT", "KILL", "TYPE", "replica")]
+    with socket.create_connection(("127.0.0.1", master.port), timeout=2) as conn:
+        conn.sendall(b"".join(encode(*command) for command in commands))
+        reader = conn.makefile("rb")
+        assert [_read_reply(reader) for _ in commands] == ["OK", 1]
+
+
+@pytest.mark.redis_cluster
+async def test_a_cluster_failover_that_loses_publications_starts_a_new_epoch(
+    fresh_redis_cluster: RedisCluster,
+) -> None:
+    cluster = fresh_redis_cluster
+    seed = int(cluster.url.rsplit(":", 1)[1])
+    victim = next(m for m in cluster.masters() if m.port != seed)
+    channel = next(
+        f"news-{i}" for i in range(10_000) if cluster.owner(f"trio_wsmgr:news-{i}") is victim
+    )
+    (replica,) = [n for n in cluster.nodes if _info(n).get("master_port") == str(victim.port)]
+    async with (
+        two_history_nodes(RedisEngine(cluster), **{channel: NEWS}) as (a, b),
+        reader(a, "x", channel) as x,
+    ):
+        for n in range(3):
+            await b.broadcaster.broadcast(channel, n)
+        with trio.fail_after(WAIT):  # the replica has those three
+            while _info(replica).get("master_repl_offset") != _info(victim)["master_repl_offset"]:
+                await trio.sleep(0.02)
+        _cut_replication(victim)
+        for n in range(3, 6):  # acknowledged by the master, never replicated
+            await b.broadcaster.broadcast(channel, n)
+        seen = await x.envelopes(6)
+        epoch = seen[-1]["epoch"]
+        assert [m["offset"] for m in seen] == [1, 2, 3, 4, 5, 6]
+        cluster.kill(victim)
+        promoted = await cluster.wait_promoted(victim)
+        assert promoted is replica
+        assert promoted.command("HGET", f"{{trio_wsmgr:{channel}}}:m", "t") == "3", "shorter"
+        await _broadcast_when_up(b, channel, "after")
+        new = await x.envelope()  # x (live through the failover) is told, not skipped
+        assert (new["data"], new["offset"]) == ("after", 4)
+        assert new["epoch"] != epoch
+        for name, since in (("y", StreamPosition(epoch, 6)), ("z", StreamPosition(epoch, 2))):
+            async with reader(b, name, channel, since=since) as r:
+                assert (r.result["recovered"], r.result["epoch"]) == (False, new["epoch"])
+                assert r.early == []
+        async with reader(b, "w", channel, since=StreamPosition(new["epoch"], 3)) as w:
+            assert w.result["recovered"] is True  # within the new epoch: as always
+            assert [m["data"] for m in await w.envelopes(1)] == ["after"]
