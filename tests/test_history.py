@@ -9,6 +9,7 @@ the query and answers with the :class:`SubscribeResult` before the envelopes.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import random
@@ -760,3 +761,83 @@ async def test_a_cluster_failover_that_loses_publications_starts_a_new_epoch(
         async with reader(b, "w", channel, since=StreamPosition(new["epoch"], 3)) as w:
             assert w.result["recovered"] is True  # within the new epoch: as always
             assert [m["data"] for m in await w.envelopes(1)] == ["after"]
+
+
+@pytest.mark.redis_cluster
+async def test_a_master_killed_while_publishing_with_history_leaves_no_silent_skip(
+    fresh_redis_cluster: RedisCluster,
+) -> None:
+    cluster = fresh_redis_cluster
+    seed = int(cluster.url.rsplit(":", 1)[1])
+    victim = next(m for m in cluster.masters() if m.port != seed)
+    channel = next(
+        f"news-{i}" for i in range(10_000) if cluster.owner(f"trio_wsmgr:news-{i}") is victim
+    )
+    got: list[dict[str, Any]] = []
+    sent_after_promotion: list[str] = []
+    promoted, stopped = trio.Event(), trio.Event()
+    done = False
+    async with (
+        two_history_nodes(RedisEngine(cluster), **{channel: NEWS}) as (a, b),
+        reader(a, "x", channel) as x,
+    ):
+
+        async def publish() -> None:
+            for n in range(3000):  # bounded; about every 10 ms until enough
+                try:
+                    await b.broadcaster.broadcast(channel, f"m{n}")
+                except BackendUnavailable:
+                    pass  # the shard is down: told, and not stored
+                else:
+                    if promoted.is_set():
+                        sent_after_promotion.append(f"m{n}")
+                if done:
+                    break
+                await trio.sleep(0.01)
+            stopped.set()
+
+        async def read() -> None:
+            while True:
+                got.append(await x.envelope())
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(publish)
+            nursery.start_soon(read)
+            with trio.fail_after(WAIT):
+                while len(got) < 10:
+                    await trio.sleep(0.01)
+            before = StreamPosition(got[-1]["epoch"], got[-1]["offset"])
+            cluster.kill(victim)  # while b publishes
+            await cluster.wait_promoted(victim)
+            promoted.set()
+            with trio.fail_after(3 * WAIT):
+                while sum(m["epoch"] != before.epoch for m in got) < 5:
+                    await trio.sleep(0.01)
+                done = True
+                await stopped.wait()
+                while got[-1]["data"] != sent_after_promotion[-1]:  # the last one arrived
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+        kept = {p.position: p.data for p in await a.broadcaster.history(channel, limit=1000)}
+    final = got[-1]["epoch"]
+    assert final != before.epoch, "the promoted replica writes a new epoch"
+    for prev, message in itertools.pairwise(got):
+        if message["epoch"] == prev["epoch"]:  # within an epoch: never twice, never backwards
+            assert message["offset"] > prev["offset"], (prev, message)
+    # A position names one publication: what x got in the new epoch is what the history says.
+    news = [m for m in got if m["epoch"] == final]
+    for message in news:
+        assert kept[StreamPosition(final, message["offset"])] == message["data"]
+    # Once x saw the new epoch (announced: it refetches), nothing more is missing...
+    assert [m["offset"] for m in news] == list(range(news[0]["offset"], news[-1]["offset"] + 1))
+    # ... and what it did not get since the promotion came before that announcement.
+    where = {data: position.offset for position, data in kept.items()}
+    missed = [where[data] for data in sent_after_promotion if data not in {m["data"] for m in got}]
+    assert all(offset < news[0]["offset"] for offset in missed), (missed, news[0])
+    async with (
+        history_node(RedisEngine(cluster).backend(), **{channel: NEWS}) as c,
+        reader(c, "y", channel, since=before) as y,
+    ):
+        # resuming from before the kill, in the old epoch: told to refetch, nothing replayed
+        assert (y.result["recovered"], y.result["epoch"]) == (False, got[-1]["epoch"])
+        assert y.early == []
