@@ -750,6 +750,7 @@ async def test_a_cluster_failover_that_loses_publications_starts_a_new_epoch(
         promoted = await cluster.wait_promoted(victim)
         assert promoted is replica
         assert promoted.command("HGET", f"{{trio_wsmgr:{channel}}}:m", "t") == "3", "shorter"
+        await _connected(a, b)  # both subscribed on the promoted replica: nothing lost in between
         await _broadcast_when_up(b, channel, "after")
         new = await x.envelope()  # x (live through the failover) is told, not skipped
         assert (new["data"], new["offset"]) == ("after", 4)
