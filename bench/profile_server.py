@@ -11,7 +11,9 @@ raw load client (``loadclient.py``) in another, then writes:
     source line that allocated them (the top lines), after a full collection.
 ``bench/results/profile-handshakes.txt``
     ``cProfile`` of the server during ``--handshakes`` opening handshakes (100 in
-    flight): the functions with the most own time, and the most cumulative time.
+    flight): the functions with the most own time, and the most cumulative time;
+    before it, a run without the profiler that times every garbage collection,
+    to give the collector's share of the server's CPU per handshake.
 ``bench/results/profile-fanout.txt``
     ``cProfile`` of the server while it broadcasts 64-byte messages flat out
     for ``--fanout-seconds`` to ``--fanout-clients`` sockets (as ``run.py``'s
@@ -23,6 +25,7 @@ All start with the commit, Python and library versions that produced them.
 from __future__ import annotations
 
 import argparse
+import collections
 import cProfile
 import gc
 import io
@@ -135,6 +138,43 @@ async def fanout(
     return out.getvalue(), result
 
 
+async def collector_share(port: int, total: int) -> str:
+    """Handshakes without the profiler: the share of the server's CPU the collector takes."""
+    spent: collections.Counter[int] = collections.Counter()
+    runs: collections.Counter[int] = collections.Counter()
+    started = [0.0]
+
+    def timing(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            started[0] = time.perf_counter()
+        else:
+            spent[info["generation"]] += time.perf_counter() - started[0]
+            runs[info["generation"]] += 1
+
+    gc.collect()
+    gc.callbacks.append(timing)
+    cpu = time.process_time()
+    client = _load(port, total, "handshake", "--inflight", "100")
+    try:
+        result = await trio.to_thread.run_sync(client.read, 300)
+        cpu = time.process_time() - cpu
+    finally:
+        gc.callbacks.remove(timing)
+        await trio.to_thread.run_sync(client.stop)
+    collector = sum(spent.values())
+    lines = [
+        f"Without the profiler: {result.get('handshakes_per_s', 0):,.0f} handshakes/s, server "
+        f"CPU {cpu / total * 1e6:.1f} us per handshake, of which the garbage collector "
+        f"{collector / total * 1e6:.1f} us ({collector / cpu:.0%}; Python's default thresholds):",
+    ]
+    for generation in sorted(runs):
+        lines.append(
+            f"  generation {generation}: {runs[generation]} collections,"
+            f" {spent[generation] / total * 1e6:.1f} us per handshake"
+        )
+    return "\n".join(lines) + "\n\n"
+
+
 async def _drained(manager: WebSocketManager) -> None:
     with trio.move_on_after(30):
         while manager.get_active_connections():
@@ -154,13 +194,15 @@ async def main(args: argparse.Namespace) -> None:
             (RESULTS / "profile-memory.txt").write_text(text)
             print(text)
         if "handshakes" in only:
+            share = await collector_share(server.port, args.handshakes)
+            await _drained(manager)
             report, result = await handshakes(server.port, args.handshakes)
             head = _header(
                 f"Opening handshakes, trio_wsmgr under cProfile: {args.handshakes} connections, "
                 f"100 in flight ({result.get('handshakes_per_s', 0):,.0f}/s while profiled)"
             )
-            (RESULTS / "profile-handshakes.txt").write_text(head + report)
-            print(head + report[:3000])
+            (RESULTS / "profile-handshakes.txt").write_text(head + share + report)
+            print(head + share + report[:3000])
             await _drained(manager)
         if "fanout" in only:
             report, result = await fanout(

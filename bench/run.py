@@ -156,6 +156,9 @@ def latency(
             "p50_ms": median([x.get("p50", math.nan) for x in lat]),
             "p99_ms": median([x.get("p99", math.nan) for x in lat]),
             "rounds": lat,
+            # the load client's CPU per delivery: near 1e6 / (deliveries/s) it is the bottleneck
+            "client_us_per_delivery": median([r["client_us_per_delivery"] for r in rs]),
+            "server_us_per_delivery": median([r["server_us_per_delivery"] for r in rs]),
             "healthy": all(r["healthy"] for r in rs),
         }
     return out
@@ -491,12 +494,23 @@ def report(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         tables.append((title, header, rows))
     lat = results.get("latency")
     if lat:
-        header = ["server", "p50 ms", "p99 ms", "healthy"]
+        header = [
+            "server",
+            "p50 ms",
+            "p99 ms",
+            "p99 per round",
+            "server us/delivery",
+            "client us/delivery",
+            "healthy",
+        ]
         rows = [
             [
                 v,
                 _fmt(x["p50_ms"], "{:.1f}"),
                 _fmt(x["p99_ms"], "{:.1f}"),
+                ", ".join(_fmt(r.get("p99"), "{:.0f}") for r in x.get("rounds", [])),
+                _fmt(x.get("server_us_per_delivery"), "{:.2f}"),
+                _fmt(x.get("client_us_per_delivery"), "{:.2f}"),
                 "yes" if x["healthy"] else "NO",
             ]
             for v, x in lat.items()
