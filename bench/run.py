@@ -565,6 +565,9 @@ def report(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         tables.append(
             ("Broadcaster: in-process channel and across two nodes over Redis", header, rows)
         )
+    lean = _lean_core_table(results)
+    if lean is not None:
+        tables.append(lean)
     goals = results.get("targets")
     if goals:
         header = ["target", "measured", "per-round ratios", "goal", "holds", "in every round"]
@@ -585,6 +588,73 @@ def report(results: dict[str, Any]) -> list[tuple[str, list[str], list[list[str]
         )
         tables.append((title, header, rows))
     return tables
+
+
+#: trio_wsmgr before the lean-core work (issue 10's figures, measured the same way:
+#: 10,000 idle connections without compression, 4,000 handshakes with 100 in flight)
+#: and its ratios to websockets asyncio in that run (15.6 KiB, 3,899 handshakes/s)
+BEFORE_LEAN_CORE = {
+    "bytes_per_connection": 30.8 * 1024,
+    "memory_ratio": 1.97,
+    "handshakes_per_s": 1404.0,
+    "handshake_ratio": 0.36,
+}
+
+
+def _lean_core_table(
+    results: dict[str, Any],
+) -> tuple[str, list[str], list[list[str]]] | None:
+    """Issue 10's table: idle memory and handshakes/s, with trio_wsmgr before and now."""
+    mem = _get(results, "memory", "off")
+    hs = _get(results, "handshakes", "variants")
+    if not mem or not hs:
+        return None
+    base_mem = _get(mem, BASELINE, "bytes_per_connection")
+    base_hs = _get(hs, BASELINE, "per_s")
+
+    def row(
+        name: str,
+        memory: float | None,
+        rate: float | None,
+        ratios: tuple[float, float] | None = None,
+    ) -> list[str]:
+        return [
+            name,
+            _fmt(memory and memory / 1024, "{:.1f} KiB"),
+            _x(ratios[0] if ratios else _ratio(memory, base_mem)),
+            _num(rate),
+            _x(ratios[1] if ratios else _ratio(rate, base_hs)),
+        ]
+
+    rows = [
+        row(v, _get(mem, v, "bytes_per_connection"), _get(hs, v, "per_s"))
+        for v in (BASELINE, "websockets.trio")
+    ]
+    rows.append(
+        row(
+            "trio_wsmgr before (issue 10's run)",
+            BEFORE_LEAN_CORE["bytes_per_connection"],
+            BEFORE_LEAN_CORE["handshakes_per_s"],
+            (BEFORE_LEAN_CORE["memory_ratio"], BEFORE_LEAN_CORE["handshake_ratio"]),
+        )
+    )
+    rows.append(
+        row("trio_wsmgr now", _get(mem, OURS, "bytes_per_connection"), _get(hs, OURS, "per_s"))
+    )
+    header = [
+        "server",
+        "idle memory per connection",
+        "vs websockets asyncio",
+        "handshakes/s",
+        "vs websockets asyncio",
+    ]
+    title = (
+        f"The lean core (issue 10): {mem and results['memory']['connections']:,} idle"
+        f" connections, no compression; {results['handshakes']['connections']:,} handshakes,"
+        f" {results['handshakes']['inflight']} in flight (the 'before' row: the issue's figures"
+        " and ratios, from its own side-by-side run)"
+    )
+    return title, header, rows
 
 
 def _num(value: float | None) -> str:
