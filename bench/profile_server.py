@@ -58,8 +58,8 @@ def _load(port: int, clients: int, mode: str, *extra: str) -> Proc:
     return Proc([*argv, "--mode", mode, *extra])
 
 
-def _header(title: str) -> str:
-    return f"{title}\nprovenance: {json.dumps(provenance())}\n\n"
+def _header(title: str, source: dict[str, object]) -> str:
+    return f"{title}\nprovenance: {json.dumps(source)}\n\n"
 
 
 async def memory(port: int, manager: WebSocketManager, connections: int, compression: bool) -> str:
@@ -183,11 +183,16 @@ async def _drained(manager: WebSocketManager) -> None:
 
 async def main(args: argparse.Namespace) -> None:
     only = set(args.only.split(","))
+    # Taken once, before any profile is written: the files this run writes are tracked, so
+    # asking git after the first one would call every later one "dirty".
+    source = provenance()
     manager = WebSocketManager()
     async with trio.open_nursery() as nursery:
         server = await nursery.start(manager.serve, idle, "127.0.0.1", 0)
         if "memory" in only:
-            text = _header("Idle memory per connection, trio_wsmgr (tracemalloc, server side)")
+            text = _header(
+                "Idle memory per connection, trio_wsmgr (tracemalloc, server side)", source
+            )
             for compression in (False, True):
                 text += await memory(server.port, manager, args.connections, compression)
                 await _drained(manager)
@@ -199,7 +204,8 @@ async def main(args: argparse.Namespace) -> None:
             report, result = await handshakes(server.port, args.handshakes)
             head = _header(
                 f"Opening handshakes, trio_wsmgr under cProfile: {args.handshakes} connections, "
-                f"100 in flight ({result.get('handshakes_per_s', 0):,.0f}/s while profiled)"
+                f"100 in flight ({result.get('handshakes_per_s', 0):,.0f}/s while profiled)",
+                source,
             )
             (RESULTS / "profile-handshakes.txt").write_text(head + share + report)
             print(head + share + report[:3000])
@@ -211,7 +217,8 @@ async def main(args: argparse.Namespace) -> None:
             head = _header(
                 f"Fan-out, trio_wsmgr under cProfile: manager.broadcast of 64-byte messages to "
                 f"{args.fanout_clients} clients for {args.fanout_seconds:g} s "
-                f"({result['sent']} messages, {result.get('deliveries', 0):,} deliveries)"
+                f"({result['sent']} messages, {result.get('deliveries', 0):,} deliveries)",
+                source,
             )
             (RESULTS / "profile-fanout.txt").write_text(head + report)
             print(head + report[:3000])
