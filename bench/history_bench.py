@@ -19,15 +19,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +34,7 @@ from trio_wsmgr import Broadcaster, ManagedSocket, WebSocketManager
 from trio_wsmgr.backends import Backend, MemoryBackend, MemoryHub, RedisBackend
 
 sys.path.insert(0, str(Path(__file__).parent))
+from _provenance import provenance
 from redis_bench import start_redis
 
 RESULTS = Path(__file__).parent / "results" / "history.json"
@@ -160,21 +157,10 @@ if __name__ == "__main__":
         if process is not None:
             process.kill()
             process.wait()
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
-    ).stdout.strip()
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(
         json.dumps(
-            {
-                "commit": commit,
-                "python": platform.python_version(),
-                "trio_wsmgr": version("trio_wsmgr"),
-                "cpu_count": os.cpu_count(),
-                "arguments": vars(args),
-                "results": results,
-            },
-            indent=2,
+            {"provenance": provenance(), "arguments": vars(args), "results": results}, indent=2
         )
         + "\n"
     )
