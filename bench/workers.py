@@ -32,14 +32,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import socket
 import subprocess
 import sys
 import time
 from contextlib import ExitStack
 from functools import partial
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +45,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent / "servers"))
 
 from _harness import ROOT, Proc, cpu_seconds, load, median, redis_server
+from _provenance import provenance
 
 RESULTS = Path(__file__).parent / "results" / "workers.json"
 CHANNEL = "bench"
@@ -205,13 +204,9 @@ def environment(redis_url: str) -> dict[str, Any]:
         return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT).stdout.strip()
 
     return {
-        "git_commit": run("git", "rev-parse", "HEAD"),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu_count": os.cpu_count(),
+        **provenance(),
         "load_average_at_start": os.getloadavg(),
         "redis": run("redis-server", "--version"),
-        **{name: version(name) for name in ("trio", "trio-websocket", "wsproto", "coredis")},
     }
 
 
