@@ -201,8 +201,12 @@ class BufferedStream(trio.abc.Stream):
             trio.lowlevel.reschedule(parked)
 
     def _wake_flush_waiters(self) -> None:
-        if self._flush_lot:
-            self._flush_lot.unpark_all()
+        lot = self._flush_lot
+        if lot is not None:
+            # Dropped once woken (every waiter re-checks and parks on a new one if it
+            # must): a connection that had a backlog once keeps nothing for it.
+            self._flush_lot = None
+            lot.unpark_all()
 
     # -- the writer ----------------------------------------------------------
 
