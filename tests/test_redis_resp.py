@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from redis_cluster import RedisCluster
-from trio_wsmgr.broadcast._redis_cluster import Topology, plan
 from trio_wsmgr.broadcast._redis_resp import Parser, Push, ServerError, encode, key_slot
+from trio_wsmgr.broadcast._redis_topology import Topology, plan
 
 
 def parse_all(data: bytes, *, chunk: int) -> list[object]:
