@@ -112,6 +112,9 @@ def describe(variant: str, clients: int, result: dict[str, Any]) -> str:
     if "latency_ms" in result:
         lat = result["latency_ms"]
         text += f"  latency p50 {lat['p50']:6.1f} ms p99 {lat['p99']:6.1f} ms"
+        first = result.get("first_latency_ms")
+        if first:
+            text += f" (first client p50 {first['p50']:5.2f} ms)"
     text += f"  ({result['sent']} messages)"
     if not result["healthy"]:
         text += (
@@ -155,6 +158,10 @@ def latency(
         out[v] = {
             "p50_ms": median([x.get("p50", math.nan) for x in lat]),
             "p99_ms": median([x.get("p99", math.nan) for x in lat]),
+            # to the first client: what the producer and the first write cost, before fan-out
+            "first_p50_ms": median(
+                [r.get("first_latency_ms", {}).get("p50", math.nan) for r in rs]
+            ),
             "rounds": lat,
             # the load client's CPU per delivery: near 1e6 / (deliveries/s) it is the bottleneck
             "client_us_per_delivery": median([r["client_us_per_delivery"] for r in rs]),

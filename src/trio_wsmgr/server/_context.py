@@ -43,11 +43,6 @@ class Counters:
         self.messages_in += 1
         self.bytes_in += size
 
-    def count_out(self, size: int, messages: int = 1) -> None:
-        """Count ``messages`` sent, ``size`` bytes in all (fan-out counts a broadcast at once)."""
-        self.messages_out += messages
-        self.bytes_out += size
-
 
 class SocketContext:
     """One manager's limits, counters and unregister callback, shared by its sockets."""

@@ -3,7 +3,10 @@
 Shared by ``WebSocketManager.broadcast`` and the Broadcaster. The message is
 encoded once (:class:`~._message.Outgoing`); each socket with room gets it at
 once, synchronously (usually straight into the kernel, see
-:mod:`._transport`). Sockets whose buffer is full are handled by ``on_full``:
+:mod:`._transport`). Fan-out talks to a socket through a few methods of
+:class:`~._socket.ManagedSocket` made for it (``_offer`` and the handling of a
+full buffer), never through its attributes. Sockets whose buffer is full are
+handled by ``on_full``:
 
 ``"wait"``  wait for room, all of them against one deadline
             (``slow_consumer_timeout`` from now); a socket still full then is
@@ -20,12 +23,10 @@ from typing import TYPE_CHECKING, Literal, TypeAlias
 
 import trio
 
-from .._config import CloseCode
 from .._exceptions import ConnectionClosed
 from ..protocol._message import Outgoing
 
 if TYPE_CHECKING:
-    from ._context import Counters
     from ._socket import ManagedSocket
 
 OnFull: TypeAlias = Literal["wait", "drop", "close"]
@@ -47,43 +48,16 @@ def deliver_nowait(
     """
     queued = 0
     full: list[ManagedSocket] = []
-    plain: bytes | None = None  # the uncompressed frame, shared by most sockets
-    counting: Counters | None = None  # statistics go to the manager once per run
-    count = size = 0
+    plain = outgoing.plain_frame()  # shared by every socket without compression
     for sock in sockets:
-        stream = sock._stream
-        if stream.closed or sock._closing:
-            continue
-        context = sock._context
-        if stream.buffered < context.send_buffer_size:
-            compressor = sock._compressor
-            if compressor is None:
-                if plain is None:
-                    plain = outgoing.plain_frame()
-                frame = plain
-            else:
-                frame = outgoing.frame_for(compressor)
-            try:
-                sock._put_frame(frame)
-            except ConnectionClosed:
-                continue
+        size = sock._offer(outgoing, plain)
+        if size > 0:
             queued += 1
-            if context.counters is not counting:
-                if counting is not None:
-                    counting.count_out(size, count)
-                counting, count, size = context.counters, 0, 0
-            count += 1
-            size += len(frame)
-        elif on_full == "wait":
-            full.append(sock)
-        elif on_full == "drop":
-            sock._dropped += 1
-            sock._context.counters.dropped += 1
-        else:
-            sock._context.counters.slow_consumer_closes += 1
-            sock.close_nowait(CloseCode.POLICY_VIOLATION, "slow consumer", discard_pending=True)
-    if counting is not None:
-        counting.count_out(size, count)
+        elif size < 0:  # full
+            if on_full == "wait":
+                full.append(sock)
+            else:
+                sock._overflow(on_full)
     return queued, full
 
 
@@ -102,7 +76,7 @@ async def deliver(sockets: Iterable[ManagedSocket], outgoing: Outgoing, on_full:
     if not full:
         await trio.lowlevel.cancel_shielded_checkpoint()
         return queued
-    deadline = trio.current_time() + full[0]._context.slow_consumer_timeout
+    deadline = full[0]._room_deadline()
     for index, sock in enumerate(full):
         try:
             if await sock._wait_room(deadline):
@@ -113,14 +87,7 @@ async def deliver(sockets: Iterable[ManagedSocket], outgoing: Outgoing, on_full:
         except trio.Cancelled:
             if not queued:
                 raise  # nothing happened anywhere: the call did not happen
-            _drop(full[index:])
+            for rest in full[index:]:
+                rest._count_dropped()
             return queued
     return queued
-
-
-def _drop(sockets: list[ManagedSocket]) -> None:
-    """Count a broadcast as dropped on ``sockets`` (a cancelled wait for their room)."""
-    for sock in sockets:
-        if not sock.closed:
-            sock._dropped += 1
-            sock._context.counters.dropped += 1

@@ -325,7 +325,7 @@ class ManagedSocket:
         """
         outgoing = Outgoing(message)
         await trio.lowlevel.checkpoint_if_cancelled()
-        if not await self._wait_room(trio.current_time() + self._context.slow_consumer_timeout):
+        if not await self._wait_room(self._room_deadline()):
             raise ConnectionClosed(self.close_code, self.close_reason)
         self._put(outgoing)  # synchronous: nothing can cancel it half way
         await trio.lowlevel.cancel_shielded_checkpoint()
@@ -350,11 +350,6 @@ class ManagedSocket:
     def _put(self, outgoing: Outgoing) -> None:
         """Frame and write one message (room already checked). Synchronous."""
         frame = outgoing.frame_for(self._compressor)
-        self._put_frame(frame)
-        self._context.counters.count_out(len(frame))
-
-    def _put_frame(self, frame: bytes) -> None:
-        """Write one message's frame (room already checked); the caller counts it on the manager."""
         if self._stream.close_frame_sent:  # a close frame went out: no data after it
             self._note_remote_close()
             raise ConnectionClosed(self.close_code, self.close_reason)
@@ -363,8 +358,14 @@ class ManagedSocket:
         except _STREAM_ERRORS as exc:
             self._note_remote_close()
             raise ConnectionClosed(self.close_code, self.close_reason) from exc
+        self._count_out(len(frame))
+
+    def _count_out(self, size: int) -> None:
         self._messages_out += 1
-        self._bytes_out += len(frame)
+        self._bytes_out += size
+        counters = self._context.counters
+        counters.messages_out += 1
+        counters.bytes_out += size
 
     async def _wait_room(self, deadline: float) -> bool:
         """Wait for buffer room until ``deadline``; on timeout close 1008. True if room."""
@@ -377,9 +378,64 @@ class ManagedSocket:
         self._raise_if_closed()
         if self._stream.buffered < limit:
             return True
+        self._close_slow_consumer()
+        return False
+
+    # -- fan-out's interface: :mod:`._fanout` uses these methods and nothing else -------
+
+    def _offer(self, outgoing: Outgoing, plain: bytes) -> int:
+        """Write a broadcast if the send buffer has room. Synchronous: fan-out's hot path.
+
+        ``plain`` is the message's uncompressed frame, shared by every socket
+        without compression. Returns the frame's size once written (counted here
+        and on the manager); 0 if the socket is closing or closed; -1 if its
+        buffer is full. In both of the latter nothing was written.
+        """
+        stream = self._stream
+        if stream.closed or self._closing:
+            return 0
+        context = self._context
+        if stream.buffered >= context.send_buffer_size:
+            return -1
+        compressor = self._compressor
+        frame = plain if compressor is None else outgoing.frame_for(compressor)
+        if stream.close_frame_sent:  # a close frame went out: no data after it
+            self._note_remote_close()
+            return 0
+        try:
+            stream.write_nowait(frame)
+        except _STREAM_ERRORS:
+            self._note_remote_close()
+            return 0
+        # _count_out inlined: this runs once per socket per broadcast
+        size = len(frame)
+        self._messages_out += 1
+        self._bytes_out += size
+        counters = context.counters
+        counters.messages_out += 1
+        counters.bytes_out += size
+        return size
+
+    def _overflow(self, on_full: str) -> None:
+        """A broadcast found the buffer full: count it dropped ("drop") or close 1008 ("close")."""
+        if on_full == "drop":
+            self._count_dropped()
+        else:
+            self._close_slow_consumer()
+
+    def _count_dropped(self) -> None:
+        """One broadcast this socket did not get (its buffer was full)."""
+        if not self.closed:
+            self._dropped += 1
+            self._context.counters.dropped += 1
+
+    def _room_deadline(self) -> float:
+        """How long a producer may wait for room on this socket: ``slow_consumer_timeout``."""
+        return trio.current_time() + self._context.slow_consumer_timeout
+
+    def _close_slow_consumer(self) -> None:
         self._context.counters.slow_consumer_closes += 1
         self.close_nowait(CloseCode.POLICY_VIOLATION, "slow consumer", discard_pending=True)
-        return False
 
     # -- closing -----------------------------------------------------------------
 
