@@ -68,7 +68,7 @@ async def test_accept_with_extensions_negotiates_deflate() -> None:
             stream = _border.adopt_stream(
                 _border.connection_of(request), BufferedStream, BufferedStream
             )
-            nursery.start_soon(stream.run)
+            stream.attach(nursery)
             await _border.accept(
                 request, subprotocol=None, extra_headers=[], extensions=[extension]
             )

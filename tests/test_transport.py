@@ -98,7 +98,7 @@ async def test_partial_write_queues_only_the_rest_and_the_writer_finishes_it() -
         assert 0 < stream.buffered < len(big)  # the kernel took a part
         stream.write_nowait(b"after")
         assert stream.buffered > len(b"after")
-        nursery.start_soon(stream.run)
+        stream.attach(nursery)
         with trio.fail_after(10):
             assert await read_exactly(client, len(big) + 5) == big + b"after"
             await stream.wait_below(1)
@@ -114,7 +114,7 @@ async def test_eagain_queues_the_whole_frame_and_order_is_kept() -> None:
         for i in range(1, 100):
             stream.write_nowait(frame(i))
         assert stream.buffered == 100 * 64
-        nursery.start_soon(stream.run)
+        stream.attach(nursery)
         with trio.fail_after(10):
             assert await read_exactly(client, filler) == b"\0" * filler
             for i in range(100):
@@ -127,7 +127,7 @@ async def test_order_is_kept_across_fast_path_queue_and_send_all() -> None:
     received: list[bytes] = []
     total = 3000
     async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
-        nursery.start_soon(stream.run)
+        stream.attach(nursery)
 
         async def slow_reader() -> None:
             data = b""
@@ -173,7 +173,7 @@ async def test_discarding_the_backlog_keeps_a_half_written_frame_whole() -> None
         assert stream.discard_queued() == 2000
         assert stream.buffered == rest  # the tail of the started frame stays
         stream.write_nowait(b"D")
-        nursery.start_soon(stream.run)
+        stream.attach(nursery)
         with trio.fail_after(10):
             assert await read_exactly(client, len(big) + 1) == big + b"D"
         nursery.cancel_scope.cancel()
@@ -200,14 +200,14 @@ async def test_attached_stream_has_a_writer_task_only_while_there_is_a_backlog()
         assert await read_exactly(client, 21) == b"back on the fast path"
 
 
-async def test_a_cancelled_send_loop_leaves_the_stream_usable() -> None:
+async def test_bytes_queued_after_the_writer_nursery_ended_wait_for_the_next_attach() -> None:
     async with tcp_pair() as (stream, client):
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.run)
-            await trio.testing.wait_all_tasks_blocked()  # parked, waiting for bytes
+            stream.attach(nursery)
+            await trio.testing.wait_all_tasks_blocked()
             nursery.cancel_scope.cancel()
         fill_kernel(stream)
-        stream.write_nowait(b"queued")  # no writer to wake: stays queued
+        stream.write_nowait(b"queued")  # the nursery is closed: no writer, stays queued
         assert stream.buffered == 6
         async with trio.open_nursery() as nursery:
             stream.attach(nursery)  # a writer starts for the backlog
@@ -248,7 +248,7 @@ async def test_close_during_a_write_fails_waiters_and_refuses_more() -> None:
     async with tcp_pair() as (stream, client):
         failures: list[BaseException] = []
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(stream.run)
+            stream.attach(nursery)
             fill_kernel(stream)
 
             async def sender() -> None:
@@ -274,7 +274,7 @@ async def test_close_during_a_write_fails_waiters_and_refuses_more() -> None:
 
 async def test_peer_reset_during_a_write_breaks_the_stream() -> None:
     async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
-        nursery.start_soon(stream.run)
+        stream.attach(nursery)
         fill_kernel(stream)
         stream.write_nowait(b"y" * 100_000)
         await trio.testing.wait_all_tasks_blocked()
@@ -297,7 +297,7 @@ async def test_cancelled_send_all_leaves_its_bytes_queued_in_order() -> None:
             await stream.send_all(b"first")  # no writer yet: it cannot be flushed
         assert scope.cancelled_caught
         stream.write_nowait(b"second")
-        nursery.start_soon(stream.run)
+        stream.attach(nursery)
         with trio.fail_after(10):
             await read_exactly(client, filler)
             assert await read_exactly(client, 11) == b"firstsecond"
@@ -366,7 +366,7 @@ async def test_memory_streams_take_the_queue_and_writer_path() -> None:
         for i in range(10):
             stream.write_nowait(frame(i))
         assert stream.buffered == 640  # no fd: always queued
-        nursery.start_soon(stream.run)
+        stream.attach(nursery)
         data = b""
         with trio.fail_after(5):
             while len(data) < 640:

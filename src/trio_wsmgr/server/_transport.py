@@ -15,8 +15,8 @@ How a write travels:
   queue, joining all pending chunks into one ``send_all``. With
   :meth:`~BufferedStream.attach` the writer is started in the connection's
   nursery only while there is a backlog (an idle connection has no writer
-  task, which saves its memory); :meth:`~BufferedStream.run` is the same writer
-  as a task of its own for the stream's whole life.
+  task, which saves its memory). Without a nursery (before ``attach``, after
+  ``detach``) :meth:`~BufferedStream.flush` writes the backlog in its caller's task.
 * ``send_all`` (the :class:`trio.abc.Stream` API that trio-websocket uses) queues
   the same way and waits until its bytes are handed to the kernel.
 
@@ -64,7 +64,6 @@ class BufferedStream(trio.abc.Stream):
         "_head_partial",
         "_last_flush",
         "_nursery",
-        "_parked_writer",
         "_queue",
         "_queued_total",
         "_unread",
@@ -99,7 +98,6 @@ class BufferedStream(trio.abc.Stream):
         self._nursery: trio.Nursery | None = None  # where to start a writer on demand
         self._writer_running = False
         self._writer_scope: trio.CancelScope | None = None  # the on-demand writer's shield
-        self._parked_writer: trio.lowlevel.Task | None = None  # run() waiting for bytes
         self._flush_lot: trio.lowlevel.ParkingLot | None = None  # made on first wait
         #: a WebSocket close frame went through :meth:`send_all`: data frames must not follow
         self.close_frame_sent = False
@@ -144,11 +142,7 @@ class BufferedStream(trio.abc.Stream):
         self._busy = True
         if self._writer_running:
             return
-        parked = self._parked_writer
-        if parked is not None:
-            self._parked_writer = None
-            trio.lowlevel.reschedule(parked)
-        elif self._nursery is not None:
+        if self._nursery is not None:
             self._writer_running = True
             try:
                 self._nursery.start_soon(self._write_backlog)
@@ -181,7 +175,6 @@ class BufferedStream(trio.abc.Stream):
         if self._broken is None:
             self._broken = exc
         self.closed = True
-        self._wake_writer()
         self._wake_flush_waiters()
 
     def _interrupted(self) -> None:
@@ -193,12 +186,6 @@ class BufferedStream(trio.abc.Stream):
         writes raise, and ``aclose`` sends no last frame.
         """
         self._fail(trio.BrokenResourceError("a write was cancelled half way"))
-
-    def _wake_writer(self) -> None:
-        parked = self._parked_writer
-        if parked is not None:
-            self._parked_writer = None
-            trio.lowlevel.reschedule(parked)
 
     def _wake_flush_waiters(self) -> None:
         lot = self._flush_lot
@@ -279,29 +266,6 @@ class BufferedStream(trio.abc.Stream):
             if not queue:
                 self._busy = False
             self._wake_flush_waiters()
-
-    async def run(self) -> None:
-        """The send loop as a task of its own: drain the queue until the stream ends."""
-        self._writer_running = True
-        try:
-            while not self.closed:
-                await self._drain()
-                if self.closed:
-                    break
-                self._writer_running = False
-                self._parked_writer = trio.lowlevel.current_task()
-                try:
-                    await trio.lowlevel.wait_task_rescheduled(self._abort_parked)
-                finally:
-                    self._parked_writer = None
-                    self._writer_running = True
-        finally:
-            self._writer_running = False
-            self._wake_flush_waiters()
-
-    def _abort_parked(self, _: object) -> trio.lowlevel.Abort:
-        self._parked_writer = None
-        return trio.lowlevel.Abort.SUCCEEDED
 
     async def wait_below(self, mark: float) -> None:
         """Wait until fewer than ``mark`` bytes are buffered (or the stream ends)."""
@@ -410,7 +374,6 @@ class BufferedStream(trio.abc.Stream):
                 self.closed = True
                 if self._writer_scope is not None:  # no write can matter any more
                     self._writer_scope.cancel()
-                self._wake_writer()
                 self._wake_flush_waiters()
 
     async def aclose(self) -> None:
