@@ -1,17 +1,12 @@
 """The Redis backend: pub/sub over one Redis server, or sharded pub/sub over a Redis Cluster.
 
-It uses `coredis <https://coredis.readthedocs.io>`_ (the ``redis`` extra), which
-runs natively under Trio. Each connection *session* is one coredis client plus
-one pub/sub connection; when either fails the session ends, the backend waits
-(:class:`~trio_wsmgr.Backoff`: exponential, capped, jittered), opens a new
-session and subscribes again to every topic the node still wants. Between
-sessions ``publish`` fails fast with :class:`~trio_wsmgr.BackendUnavailable`.
-
-On a single server PUBLISH goes over the pub/sub connection itself (RESP3
-allows it), queued synchronously, so a node's publications leave in call order
-and each session is one TCP connection. Incoming messages are handed to the
-Broadcaster's receiver as they are read, so coredis' own (unbounded) buffers
-stay empty; the bounded buffer is the Broadcaster's inbox.
+:class:`RedisBackend` is the face: its options (validated here), the set of
+topics the node wants, its counters, and the backend interface, which it hands
+to one of two sides. On a single server that is :mod:`._redis_single`, over
+`coredis <https://coredis.readthedocs.io>`_ (the ``redis`` extra), which runs
+natively under Trio: one session (client plus pub/sub connection) at a time,
+reconnecting with the :class:`~trio_wsmgr.Backoff`; between sessions
+``publish`` fails fast with :class:`~trio_wsmgr.BackendUnavailable`.
 
 Topics map to Redis channels as ``prefix + topic``. With ``cluster=True`` the
 backend uses SPUBLISH / SSUBSCRIBE (Redis >= 7), so each channel lives on the
@@ -25,12 +20,9 @@ subscriptions on each slot's new owner.
 from __future__ import annotations
 
 import importlib.util
-import logging
-import math
 import random
-from collections.abc import AsyncIterator, Callable, Collection, Iterable
-from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from collections.abc import Collection, Iterable
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import attrs
@@ -45,16 +37,7 @@ from ._history import HistoryPage, StreamPosition
 from ._presence import PresenceStore
 from ._redis_cluster import ClusterPubSub
 from ._redis_resp import Credentials, key_slot
-
-if TYPE_CHECKING:
-    import coredis
-    from coredis.patterns.pubsub import BasePubSub
-
-logger = logging.getLogger("trio_wsmgr.backends.redis")
-
-_MESSAGE_TYPES = frozenset({"message", "smessage"})
-#: channels per SUBSCRIBE command when restoring many subscriptions at once
-_SUBSCRIBE_BATCH = 500
+from ._redis_single import SinglePubSub
 
 
 def _url(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -102,13 +85,6 @@ def _redact(url: str) -> str:
     netloc = parts.netloc.rsplit("@", 1)[-1]
     user = parts.username or ""
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
-
-
-def _summary(exc: BaseException) -> str:
-    """The leaf errors of a (possibly nested) exception group, for one log line."""
-    if isinstance(exc, BaseExceptionGroup):
-        return "; ".join(dict.fromkeys(_summary(inner) for inner in exc.exceptions))
-    return repr(exc)
 
 
 @attrs.define(eq=False, repr=False)
@@ -167,13 +143,9 @@ class RedisBackend(Backend):
 
     _receive: Receiver | None = attrs.field(init=False, default=None)
     _topics: set[str] = attrs.field(init=False, factory=set)
-    _client: Any = attrs.field(init=False, default=None)
-    _pubsub: Any = attrs.field(init=False, default=None)
-    #: the run_id of the server process behind ``_pubsub`` (for the history's writer)
-    _run_id: bytes = attrs.field(init=False, default=b"")
-    _session: trio.CancelScope | None = attrs.field(init=False, default=None)
+    #: the single-server side (unused with ``cluster=True``)
+    _single: SinglePubSub = attrs.field(init=False)
     _cluster: ClusterPubSub | None = attrs.field(init=False, default=None)
-    _lock: trio.Lock = attrs.field(init=False, factory=trio.Lock)
     _rng: random.Random = attrs.field(init=False, factory=random.Random)
     _counts: dict[str, int] = attrs.field(init=False)
 
@@ -199,6 +171,18 @@ class RedisBackend(Backend):
             ],
             0,
         )
+        self._single = SinglePubSub(
+            url=self.url,
+            where=_redact(self.url),
+            prefix=self.prefix,
+            topics=self._topics,
+            counts=self._counts,
+            connect_timeout=self.connect_timeout,
+            command_timeout=self.command_timeout,
+            health_check_interval=self.health_check_interval,
+            backoff=self.backoff,
+            rng=self._rng,
+        )
 
     def __repr__(self) -> str:
         degraded = self._cluster is not None and self._cluster.degraded
@@ -219,7 +203,7 @@ class RedisBackend(Backend):
         """
         if self.cluster:
             return self._cluster is not None and self._cluster.connected
-        return self._pubsub is not None
+        return self._single.connected
 
     def statistics(self) -> BackendStatistics:
         counts = self._counts
@@ -253,45 +237,8 @@ class RedisBackend(Backend):
             finally:
                 self._receive = self._cluster = None
             return
-        started = False
-        sessions = 0
-        failures = 0
-
-        def ready() -> None:
-            nonlocal started, sessions, failures
-            if sessions:
-                self._counts["reconnects"] += 1
-                logger.info("reconnected to Redis at %s", _redact(self.url))
-            sessions += 1
-            failures = 0
-            if not started:
-                started = True
-                task_status.started()
-
         try:
-            while True:
-                try:
-                    await self._run_session(ready)
-                except BaseException as exc:
-                    # Cancelled, coredis' clean-up can fail on its closed connection and
-                    # mix that error with the Cancelled. When we are being cancelled this
-                    # checkpoint raises a clean Cancelled instead of the mixture.
-                    await trio.lowlevel.checkpoint()
-                    if not isinstance(exc, Exception):
-                        raise
-                    failures += 1
-                    self._counts["connection_failures"] += 1
-                    if failures == 1:  # once per outage; the details at debug level
-                        logger.warning(
-                            "Redis at %s unavailable (%s); reconnecting with backoff",
-                            _redact(self.url),
-                            _summary(exc),
-                        )
-                    logger.debug("Redis session ended", exc_info=exc)
-                if not started:
-                    started = True
-                    task_status.started()
-                await trio.sleep(self.backoff.delay(max(failures, 1), self._rng))
+            await self._single.run(receive, task_status)
         finally:
             self._receive = None
 
@@ -334,23 +281,7 @@ class RedisBackend(Backend):
         if self.cluster:
             await self._publish_cluster(topic, data)
             return
-        client = self._client
-        if client is None or self._pubsub is None:
-            self._counts["publish_failures"] += 1
-            await trio.lowlevel.checkpoint()
-            raise BackendUnavailable(f"not connected to Redis at {_redact(self.url)}", delivered=0)
-        channel = self.prefix + topic
-        try:
-            with trio.fail_after(self.command_timeout):
-                # RESP3 allows commands on the pub/sub connection. Queued there
-                # synchronously, publications leave in call order, on one connection.
-                await self._pubsub.connection.create_request(b"PUBLISH", channel, data)
-        except Exception as exc:
-            self._counts["publish_failures"] += 1
-            raise BackendUnavailable(
-                f"publishing to Redis at {_redact(self.url)} failed: {exc!r}", delivered=0
-            ) from exc
-        self._counts["published"] += 1
+        await self._single.publish(self.prefix + topic, data)
 
     async def _publish_cluster(self, topic: str, data: bytes) -> None:
         cluster = self._cluster
@@ -403,21 +334,7 @@ class RedisBackend(Backend):
             slot = key_slot(channel.encode())
             command = (b"EVAL", source, len(keys), *keys, *args)
             return await cluster.execute(slot, *command, with_run_id=True)
-        client = self._client
-        if client is None or self._pubsub is None:
-            await trio.lowlevel.checkpoint()
-            raise BackendUnavailable(f"not connected to Redis at {_redact(self.url)}", delivered=0)
-        try:
-            with trio.fail_after(self.command_timeout):
-                # On the pub/sub connection, as PUBLISH: cheaper than a client call,
-                # and this node's publications leave in call order on one connection.
-                # Its server process' run_id: the script's last argument.
-                args = [*args, self._run_id]
-                return await _redis_history.run_script(self._pubsub.connection, source, keys, args)
-        except Exception as exc:
-            raise BackendUnavailable(
-                f"channel history on Redis at {_redact(self.url)} failed: {exc!r}", delivered=0
-            ) from exc
+        return await self._single.script(source, keys, args)
 
     async def subscribe(self, topics: Collection[str]) -> None:
         new = [topic for topic in topics if topic not in self._topics]
@@ -425,7 +342,7 @@ class RedisBackend(Backend):
         if self.cluster:
             await self._change_cluster(new, subscribe=True)
             return
-        await self._change(new, subscribe=True)
+        await self._single.change(new, subscribe=True)
 
     async def unsubscribe(self, topics: Collection[str]) -> None:
         gone = [topic for topic in topics if topic in self._topics]
@@ -433,7 +350,7 @@ class RedisBackend(Backend):
         if self.cluster:
             await self._change_cluster(gone, subscribe=False)
             return
-        await self._change(gone, subscribe=False)
+        await self._single.change(gone, subscribe=False)
 
     async def _change_cluster(self, topics: list[str], *, subscribe: bool) -> None:
         cluster = self._cluster
@@ -469,116 +386,4 @@ class RedisBackend(Backend):
                     f"not connected to the Redis Cluster at {_redact(self.url)}", delivered=0
                 )
             return await cluster.execute(key_slot(key.encode()), *args)
-        pubsub = self._pubsub
-        if pubsub is None:
-            await trio.lowlevel.checkpoint()
-            raise BackendUnavailable(f"not connected to Redis at {_redact(self.url)}", delivered=0)
-        reply: object = await pubsub.connection.create_request(*args)
-        return reply
-
-    # -- sessions -------------------------------------------------------------------
-
-    async def _run_session(self, ready: Callable[[], None]) -> None:
-        """One connection: connect, restore the subscriptions, listen until it fails."""
-        with trio.CancelScope() as scope:
-            self._session = scope
-            scope.deadline = trio.current_time() + self.connect_timeout
-            try:
-                await self._probe()
-                async with self._open() as (client, pubsub):
-                    async with self._lock:
-                        # the server process behind this connection: the history's writer
-                        self._run_id = await _redis_history.learn_run_id(pubsub.connection)
-                        topics = sorted(self._topics)
-                        for start in range(0, len(topics), _SUBSCRIBE_BATCH):
-                            batch = topics[start : start + _SUBSCRIBE_BATCH]
-                            await pubsub.subscribe(*[self.prefix + t for t in batch])
-                        self._client, self._pubsub = client, pubsub
-                    scope.deadline = math.inf
-                    ready()
-                    await self._listen(pubsub)
-            finally:
-                self._client = self._pubsub = self._session = None
-        # Only a deadline or a forced reconnect gets here: the session did not fail loudly.
-        raise ConnectionError("Redis session timed out or was restarted")
-
-    async def _probe(self) -> None:
-        """Check that the server accepts connections before coredis tries.
-
-        (A coredis connection whose connect fails is never closed, which shows as
-        ResourceWarnings; probing first keeps reconnect attempts during an outage clean.)
-        """
-        parts = urlsplit(self.url)
-        stream: trio.abc.Stream
-        if parts.scheme == "unix":
-            stream = await trio.open_unix_socket(parts.path)
-        else:
-            stream = await trio.open_tcp_stream(parts.hostname or "127.0.0.1", parts.port or 6379)
-        await stream.aclose()
-
-    @asynccontextmanager
-    async def _open(self) -> AsyncIterator[tuple[Any, BasePubSub[bytes, Any]]]:
-        from coredis import Redis
-        from coredis.retry import NoRetryPolicy
-
-        options: dict[str, Any] = {
-            "retry_policy": NoRetryPolicy(),
-            "connect_timeout": self.connect_timeout,
-            "stream_timeout": self.command_timeout,
-        }
-        client: coredis.Redis[bytes] = Redis.from_url(self.url, **options)
-        pubsub: BasePubSub[bytes, Any]
-        async with client:
-            pubsub = client.pubsub(**self._pubsub_options())
-            async with pubsub:
-                yield client, pubsub
-
-    def _pubsub_options(self) -> dict[str, Any]:
-        from coredis.retry import NoRetryPolicy
-
-        return {
-            "ignore_subscribe_messages": True,
-            "retry_policy": NoRetryPolicy(),
-            "subscription_timeout": self.command_timeout,
-            "max_idle_seconds": self.health_check_interval,
-        }
-
-    async def _listen(self, pubsub: BasePubSub[bytes, Any]) -> None:
-        receive = self._receive
-        assert receive is not None
-        cut = len(self.prefix.encode())
-        counts = self._counts
-        while True:
-            message = await pubsub.get_message()
-            if message is None or message["type"] not in _MESSAGE_TYPES:
-                continue
-            channel = message["channel"]
-            data = message["data"]
-            if not isinstance(channel, bytes) or not isinstance(data, bytes):
-                continue
-            counts["received"] += 1
-            receive(channel[cut:].decode("utf-8", "replace"), data)
-
-    async def _change(self, topics: list[str], *, subscribe: bool) -> None:
-        """(Un)subscribe on the live session, if any; on failure restart the session."""
-        if not topics:
-            await trio.lowlevel.checkpoint()
-            return
-        async with self._lock:
-            pubsub, session = self._pubsub, self._session
-            if pubsub is None or session is None:  # the next session subscribes to self._topics
-                return
-            channels = [self.prefix + topic for topic in topics]
-            try:
-                for start in range(0, len(channels), _SUBSCRIBE_BATCH):
-                    batch = channels[start : start + _SUBSCRIBE_BATCH]
-                    with trio.fail_after(self.command_timeout):
-                        if subscribe:
-                            await pubsub.subscribe(*batch)
-                        else:
-                            await pubsub.unsubscribe(*batch)
-            except Exception as exc:
-                logger.warning(
-                    "Redis did not confirm a subscription change (%r); reconnecting", exc
-                )
-                session.cancel()  # this session only: a newer one restores everything
+        return await self._single.command(*args)
