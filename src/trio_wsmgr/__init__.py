@@ -43,12 +43,12 @@ from .server._auth import TokenAuth as TokenAuth
 from .server._auth import extract_token as extract_token
 from .server._auth import static_tokens as static_tokens
 from .server._fanout import OnFull as OnFull
+from .server._listen import Server as Server
 from .server._manager import Handler as Handler
-from .server._manager import ManagerStatistics as ManagerStatistics
-from .server._manager import Server as Server
 from .server._manager import WebSocketManager as WebSocketManager
 from .server._socket import ManagedSocket as ManagedSocket
 from .server._socket import SocketStatistics as SocketStatistics
+from .server._statistics import ManagerStatistics as ManagerStatistics
 
 __version__ = "0.1.0"
 

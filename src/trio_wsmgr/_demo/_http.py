@@ -34,7 +34,8 @@ import h11
 import trio
 
 from .._validators import count, seconds
-from ..server._manager import Handler, Server, WebSocketManager
+from ..server._listen import Server
+from ..server._manager import Handler, WebSocketManager
 
 logger = logging.getLogger("trio_wsmgr.http")
 

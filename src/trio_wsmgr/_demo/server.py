@@ -48,7 +48,8 @@ from ..backends import Backend
 from ..broadcast._broadcaster import Broadcaster
 from ..broadcast._history import StreamPosition
 from ..server._auth import HandshakeRequest
-from ..server._manager import Server, WebSocketManager
+from ..server._listen import Server
+from ..server._manager import WebSocketManager
 from ..server._socket import ManagedSocket
 from ._http import HttpFront, Resource, Route
 

@@ -12,16 +12,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, NoReturn
 
 import trio
 import trio_websocket
 
 from .. import _border
 from .._config import CloseCode
-from .._exceptions import ConnectionClosed
+from .._exceptions import ConnectionClosed, RequestRejected
 from ..protocol._compression import PerMessageDeflate
 from ..protocol._message import DeflateCompressor, FrameCompressor
+from ._auth import HandshakeRequest, parse_query
 from ._context import SocketContext
 from ._heartbeat import Action, HeartbeatPolicy, ping_payload
 from ._socket import ManagedSocket
@@ -209,6 +210,46 @@ class TwsAnswer:
         sock._nursery = self._nursery
         self._heartbeat.start(sock, sock._policy)
         return sock
+
+    async def time_out(self, close_timeout: float) -> NoReturn:
+        """The handshake ran out of ``connection_timeout``: answer 408 if we can.
+
+        Nothing answered the request yet (a slow authenticator, the usual case):
+        the peer gets a real 408 (within ``close_timeout``) and
+        :class:`RequestRejected` (408) is raised. An answer was already on its
+        way (the peer stopped reading while we wrote it): the connection is
+        dropped and :class:`ConnectionClosed` (1006) raised, since no 408 can
+        follow a status already sent.
+        """
+        if _border.handshake_unanswered(self._request):
+            with trio.CancelScope(shield=True) as grace:
+                grace.deadline = trio.current_time() + close_timeout
+                with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
+                    await self._request.reject(
+                        408,
+                        extra_headers=[(b"content-type", b"text/plain; charset=utf-8")],
+                        body=b"handshake timed out",
+                    )
+                raise RequestRejected(408, "handshake timed out")
+        self._buffered.abort()
+        raise ConnectionClosed(CloseCode.ABNORMAL, "handshake timed out")
+
+
+def tws_request_info(
+    request: trio_websocket.WebSocketRequest, remote: tuple[str, int] | None
+) -> HandshakeRequest:
+    """What an authenticator sees of a trio-websocket request (``Host`` included)."""
+    headers = [
+        (name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in request.headers
+    ]
+    headers.append(("host", _border.handshake_host(request)))
+    return HandshakeRequest(
+        path=request.path,
+        headers=tuple(headers),
+        subprotocols=request.proposed_subprotocols,
+        remote=remote,
+        query=parse_query(request.path),
+    )
 
 
 class HeartbeatHost:

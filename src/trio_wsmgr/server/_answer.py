@@ -140,6 +140,22 @@ def request_info(request: UpgradeRequest, remote: tuple[str, int] | None) -> Han
     )
 
 
+def remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
+    """The peer's (host, port) under ``stream``, if it is a socket (or a bridged connection)."""
+    if isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    if isinstance(stream, trio.SocketStream):
+        try:
+            peer = stream.socket.getpeername()
+        except OSError:
+            return None
+        return str(peer[0]), int(peer[1])
+    peer = getattr(stream, "peer", None)  # a bridged connection (ASGI): the real client
+    if isinstance(peer, tuple):
+        return str(peer[0]), int(peer[1])
+    return None
+
+
 async def read_head(stream: BufferedStream, limit: int) -> tuple[bytes, bytes] | None:
     """Read an HTTP request head: (head, the bytes after it), or None (EOF, or over ``limit``)."""
     data = b""

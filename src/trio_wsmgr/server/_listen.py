@@ -6,6 +6,9 @@ IPv4 and IPv6 for a wildcard host, IPv6 sockets IPv6-only, SO_REUSEADDR off
 Windows) and adds the option. With SO_REUSEPORT on every socket, several
 processes bind the same port and the kernel spreads new connections over them
 (Linux hashes each connection's addresses; other systems may not balance).
+
+:class:`Server` is what ``manager.serve`` reports once they listen; :func:`accept_loop`
+hands each accepted stream to the manager.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
+import attrs
 import trio
 
 if TYPE_CHECKING:
@@ -25,6 +29,22 @@ logger = logging.getLogger("trio_wsmgr")
 
 #: the backlog trio uses (the kernel caps it at its own maximum)
 _BACKLOG = 0xFFFF
+
+
+@attrs.frozen
+class Server:
+    """What ``await nursery.start(manager.serve, ...)`` returns."""
+
+    listeners: tuple[trio.SocketListener, ...]
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        return int(self.listeners[0].socket.getsockname()[1])
+
+    @property
+    def host(self) -> str:
+        return str(self.listeners[0].socket.getsockname()[0])
 
 
 def reuse_port_option() -> int:

@@ -1,4 +1,9 @@
-"""WebSocketManager: admission, limits, heartbeats, the user index, broadcast, shutdown."""
+"""WebSocketManager: its options, the user index, broadcast, each connection's life, shutdown.
+
+What a handshake goes through before its socket exists (limits, origin,
+authentication, subprotocol, refusals) is :mod:`._admission`, built here from
+the manager's options and handed the registry and counters.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +11,8 @@ import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager, suppress
-from types import MappingProxyType
-from typing import Any, Final, NoReturn
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from typing import Any
 
 import attrs
 import trio
@@ -16,37 +20,32 @@ import trio_websocket
 
 from .. import _border
 from .._config import CloseCode
-from .._exceptions import ConnectionClosed, RequestRejected
+from .._exceptions import ConnectionClosed
 from .._util import unwrap_single_group
 from .._validators import count, instance_of, limit, optional_callable, rate, seconds, str_tuple
 from ..asgi._types import ASGIApp, ASGIReceive, ASGISend, Scope
 from ..protocol._compression import Compression
-from ..protocol._handshake import (
-    HandshakeError,
-    parse_request,
-    reject_response,
-)
 from ..protocol._message import Outgoing
-from ._accepted import AcceptedSocket, HeartbeatHost, TwsAnswer, background_nursery
-from ._answer import Answer, StreamAnswer, read_head, request_info, write_and_close
-from ._auth import Authenticator, HandshakeRequest, maybe_await, parse_query, redact_path
+from ._accepted import (
+    AcceptedSocket,
+    HeartbeatHost,
+    TwsAnswer,
+    background_nursery,
+    tws_request_info,
+)
+from ._admission import UNSET, Admission, _Unset
+from ._answer import remote_of
+from ._auth import Authenticator
 from ._context import Counters, SocketContext
 from ._fanout import OnFull, check_on_full, deliver, deliver_nowait
-from ._listen import accept_loop, open_listeners
+from ._listen import Server, accept_loop, open_listeners
 from ._registry import Registry
 from ._socket import Handler as Handler
 from ._socket import ManagedSocket
+from ._statistics import ManagerStatistics
 from ._transport import BufferedStream
 
 logger = logging.getLogger("trio_wsmgr")
-
-
-class _Unset:
-    def __repr__(self) -> str:
-        return "UNSET"
-
-
-UNSET: Final = _Unset()
 
 
 def _protocols(value: Sequence[str]) -> tuple[str, ...]:
@@ -67,44 +66,6 @@ def _default_compression() -> Compression:
     whatever the client offered); see the compression topic.
     """
     return Compression(server_no_context_takeover=True)
-
-
-@attrs.frozen
-class ManagerStatistics:
-    """A snapshot of the manager's counters (``manager.statistics()``)."""
-
-    open_sockets: int
-    handshaking: int
-    accepted: int
-    #: refused handshakes by cause: closing, full, origin, unauthenticated,
-    #: forbidden, per_address, per_user, bad_request, timeout, error
-    rejected: Mapping[str, int]
-    messages_in: int
-    messages_out: int
-    bytes_in: int
-    bytes_out: int
-    #: broadcast deliveries skipped because a socket's buffer was full
-    dropped: int
-    slow_consumer_closes: int
-    heartbeat_timeouts: int
-    #: sockets closed (1008) for exceeding ``max_messages_per_second``
-    rate_limited: int
-
-
-@attrs.frozen
-class Server:
-    """What ``await nursery.start(manager.serve, ...)`` returns."""
-
-    listeners: tuple[trio.SocketListener, ...]
-
-    @property
-    def port(self) -> int:
-        """The bound port (useful with port 0)."""
-        return int(self.listeners[0].socket.getsockname()[1])
-
-    @property
-    def host(self) -> str:
-        return str(self.listeners[0].socket.getsockname()[0])
 
 
 @attrs.define(kw_only=True, eq=False)
@@ -150,7 +111,7 @@ class WebSocketManager:
     _grace_over: bool = attrs.field(init=False, repr=False, default=False)
     _counters: Counters = attrs.field(init=False, repr=False, factory=Counters)
     _context: SocketContext = attrs.field(init=False, repr=False)
-    _rejected: dict[str, int] = attrs.field(init=False, repr=False, factory=dict)
+    _admission: Admission = attrs.field(init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_message_size, float):
@@ -166,6 +127,21 @@ class WebSocketManager:
             receive_buffer_size=self.receive_buffer_size,
             heartbeat_interval=self.heartbeat_interval,
             heartbeat_timeout=self.heartbeat_timeout,
+        )
+        self._admission = Admission(
+            registry=self._registry,
+            counters=self._counters,
+            context=self._context,
+            shutdown=self._shutdown,
+            max_connections=self.max_connections,
+            max_connections_per_user=self.max_connections_per_user,
+            max_connections_per_address=self.max_connections_per_address,
+            allowed_origins=self.allowed_origins,
+            protocols=self.protocols,
+            authentication=self.authentication,
+            compression=self.compression,
+            max_message_size=int(self.max_message_size),
+            receive_buffer_size=self.receive_buffer_size,
         )
 
     # -- queries (the spec's getActiveConnections / getUserSockets) ---------------
@@ -196,7 +172,7 @@ class WebSocketManager:
             open_sockets=len(self._registry),
             handshaking=self._registry.reserved,
             accepted=counts.accepted,
-            rejected=MappingProxyType(dict(self._rejected)),
+            rejected=self._admission.rejections(),
             messages_in=counts.messages_in,
             messages_out=counts.messages_out,
             bytes_in=counts.bytes_in,
@@ -322,10 +298,10 @@ class WebSocketManager:
                     self._connection_scopes.add(scope)
                     admitted: tuple[ManagedSocket, bytes] | None = None
                     with trio.move_on_after(self.connection_timeout):
-                        admitted = await self._handshake(buffered)
+                        admitted = await self._admission.handshake(buffered)
                     if admitted is None:
                         if not buffered.closed:
-                            self._reject_count("timeout")
+                            self._admission.count_rejection("timeout")
                         return
                     sock, rest = admitted
                     del admitted
@@ -355,34 +331,6 @@ class WebSocketManager:
                 await buffered.aclose()
             if scope is not None:
                 self._forget_scope(scope)
-
-    async def _handshake(self, buffered: BufferedStream) -> tuple[ManagedSocket, bytes] | None:
-        """Read and answer the opening handshake: the admitted socket and the bytes after it.
-
-        None if it was refused (the answer is written and the stream closed).
-        """
-        head = await read_head(buffered, self.receive_buffer_size)
-        if head is None:  # ended early, or a head too big: 400 (if there is anyone to tell)
-            self._reject_count("bad_request")
-            await write_and_close(buffered, reject_response(400, body=b"bad request"))
-            return None
-        try:
-            request = parse_request(head[0])
-        except HandshakeError as exc:
-            self._reject_count("bad_request")
-            response = reject_response(
-                exc.status, headers=list(exc.headers), body=exc.reason.encode()
-            )
-            await write_and_close(buffered, response)
-            return None
-        answer = StreamAnswer(self._context, int(self.max_message_size), buffered, request)
-        try:
-            sock = await self._admit(
-                answer, request_info(request, _remote_of(buffered.inner)), buffered
-            )
-        except RequestRejected:
-            return None
-        return sock, head[1]
 
     def _end_code(
         self, failure: BaseException | None, sock: ManagedSocket, scope: trio.CancelScope
@@ -454,16 +402,10 @@ class WebSocketManager:
             async with background_nursery(heartbeat) as nursery:
                 buffered.attach(nursery)
                 sock: ManagedSocket | None = None
-                info = HandshakeRequest(
-                    path=request.path,
-                    headers=_decode_headers(request.headers, _border.handshake_host(request)),
-                    subprotocols=request.proposed_subprotocols,
-                    remote=_remote_of(buffered.inner),
-                    query=parse_query(request.path),
-                )
+                info = tws_request_info(request, remote_of(buffered.inner))
                 answer = TwsAnswer(self._context, request, buffered, heartbeat, nursery)
                 with trio.move_on_after(self.connection_timeout):
-                    sock = await self._admit(
+                    sock = await self._admission.admit(
                         answer,
                         info,
                         buffered,
@@ -473,7 +415,8 @@ class WebSocketManager:
                         metadata=metadata,
                     )
                 if sock is None:
-                    await self._timed_out(request, buffered)
+                    self._admission.count_rejection("timeout")
+                    await answer.time_out(self.close_timeout)
                 failure: BaseException | None = None
                 try:
                     yield sock
@@ -483,31 +426,6 @@ class WebSocketManager:
                 finally:
                     code, reason = self._end_code(failure, sock, scope)
                     await self._final_close(sock, code, reason, scope)
-
-    async def _timed_out(
-        self, request: trio_websocket.WebSocketRequest, buffered: BufferedStream
-    ) -> NoReturn:
-        """``accept()``'s handshake ran out of ``connection_timeout``: answer 408 if we can.
-
-        Nothing answered the request yet (a slow authenticator, the usual case):
-        the peer gets a real 408 and :class:`RequestRejected` (408) is raised.
-        An answer was already on its way (the peer stopped reading while we
-        wrote it): the connection is dropped and :class:`ConnectionClosed`
-        (1006) raised, since no 408 can follow a status already sent.
-        """
-        self._reject_count("timeout")
-        if _border.handshake_unanswered(request):
-            with trio.CancelScope(shield=True) as grace:
-                grace.deadline = trio.current_time() + self.close_timeout
-                with suppress(trio_websocket.ConnectionClosed, trio.BrokenResourceError):
-                    await request.reject(
-                        408,
-                        extra_headers=[(b"content-type", b"text/plain; charset=utf-8")],
-                        body=b"handshake timed out",
-                    )
-                raise RequestRejected(408, "handshake timed out")
-        buffered.abort()
-        raise ConnectionClosed(CloseCode.ABNORMAL, "handshake timed out")
 
     # -- ASGI (hypercorn, Quart-Trio, ...) ---------------------------------------------
 
@@ -539,119 +457,6 @@ class WebSocketManager:
         from ..asgi._bridge import accept_bridge
 
         return accept_bridge(self, scope, receive, send)
-
-    # -- admission ------------------------------------------------------------------
-
-    async def _admit(
-        self,
-        answer: Answer,
-        info: HandshakeRequest,
-        buffered: BufferedStream,
-        *,
-        user_id: str | _Unset | None = UNSET,
-        subprotocol: str | _Unset | None = UNSET,
-        extra_headers: list[tuple[bytes, bytes]] | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> ManagedSocket:
-        """Decide on a handshake, answer it, and register the socket; RequestRejected if refused."""
-        address = info.remote[0] if info.remote is not None else None
-        refusal = self._check_admission(info, address)
-        if refusal is not None:
-            await self._refuse(answer, *refusal)
-        self._registry.reserve(address)
-        registered = False
-        reserved_user: str | None = None
-        try:
-            if isinstance(user_id, _Unset):
-                user_id = await self._authenticate(answer, info)
-            if user_id is not None:
-                # Check and reserve with no await between, so that concurrent
-                # handshakes of one user cannot all pass the check.
-                if self._registry.user_count(user_id) >= self.max_connections_per_user:
-                    await self._refuse(
-                        answer, 429, "per_user", "too many connections for this user"
-                    )
-                self._registry.reserve_user(user_id)
-                reserved_user = user_id
-            if isinstance(subprotocol, _Unset):
-                subprotocol = self._select_subprotocol(info.subprotocols)
-            if self._closing:
-                await self._refuse(answer, 503, "closing", "server is shutting down")
-            extension = None
-            if self.compression is not None and answer.extension_offers():
-                extension = self.compression.extension(max_message_size=int(self.max_message_size))
-            sock = await answer.accept(
-                user_id=user_id,
-                subprotocol=subprotocol,
-                extra_headers=list(extra_headers or ()),
-                extension=extension,
-                path=redact_path(info.path),
-                headers=info.headers,
-                remote=info.remote,
-                metadata=dict(metadata or {}),
-            )
-            if buffered.closed:  # died while we were accepting
-                raise RequestRejected(400, "connection lost during the handshake")
-            self._registry.add(sock, address)
-            registered = True
-            self._counters.accepted += 1
-            if self._closing:  # close() ran during our accept: it could not see this socket
-                sock.close_nowait(*self._close_code)
-            return sock
-        finally:
-            if not registered:
-                self._registry.release(address)
-                if reserved_user is not None:
-                    self._registry.release_user(reserved_user)
-
-    def _check_admission(
-        self, info: HandshakeRequest, address: str | None
-    ) -> tuple[int, str, str] | None:
-        """Decide synchronously whether a handshake may proceed: None, or a refusal."""
-        if self._closing:
-            return 503, "closing", "server is shutting down"
-        for name in _SINGLE_HEADERS:
-            if sum(1 for key, _ in info.headers if key == name) > 1:
-                return 400, "bad_request", f"duplicate {name} header"
-        if self._registry.in_use >= self.max_connections:
-            return 503, "full", "too many connections"
-        if address is not None and self._registry.address_count(address) >= (
-            self.max_connections_per_address
-        ):
-            return 429, "per_address", "too many connections from this address"
-        if self.allowed_origins is not None:
-            origin = info.header("origin")
-            if origin is not None and origin not in self.allowed_origins:
-                return 403, "origin", "origin not allowed"
-        return None
-
-    async def _authenticate(self, answer: Answer, info: HandshakeRequest) -> str | None:
-        if self.authentication is None:
-            return None
-        try:
-            result = await maybe_await(self.authentication(info))
-        except RequestRejected as exc:
-            cause = "forbidden" if exc.status_code == 403 else "unauthenticated"
-            await self._refuse(answer, exc.status_code, cause, exc.reason)
-        except trio.Cancelled:
-            raise
-        except Exception:
-            logger.exception("authentication failed with an error for %r", info)
-            await self._refuse(answer, 500, "error", "authentication error")
-        if result is None:
-            await self._refuse(answer, 401, "unauthenticated", "authentication required")
-        return str(result)
-
-    def _select_subprotocol(self, offered: Sequence[str]) -> str | None:
-        for name in self.protocols:
-            if name in offered:
-                return name
-        return None
-
-    async def _refuse(self, answer: Answer, status: int, cause: str, text: str) -> NoReturn:
-        self._reject_count(cause)
-        await answer.reject(status, text)
-        raise RequestRejected(status, text)
 
     # -- shutdown -------------------------------------------------------------------
 
@@ -701,19 +506,9 @@ class WebSocketManager:
         if not self._connection_scopes:
             self._idle.unpark_all()
 
-    def _reject_count(self, cause: str) -> None:
-        self._rejected[cause] = self._rejected.get(cause, 0) + 1
-        logger.debug("handshake refused: %s", cause)
-
-
-#: handshake headers that must appear exactly once (RFC 6455 section 4.2.1)
-_SINGLE_HEADERS = ("sec-websocket-key", "sec-websocket-version")
-
-
-def _decode_headers(raw: Sequence[tuple[bytes, bytes]], host: str) -> tuple[tuple[str, str], ...]:
-    headers = [(name.decode("latin-1").lower(), value.decode("latin-1")) for name, value in raw]
-    headers.append(("host", host))
-    return tuple(headers)
+    def _shutdown(self) -> tuple[int, str] | None:
+        """For admission: None while serving, else the code and reason sockets close with."""
+        return self._close_code if self._closing else None
 
 
 def _ended_on_own_close(failure: BaseException, sock: ManagedSocket) -> bool:
@@ -723,18 +518,3 @@ def _ended_on_own_close(failure: BaseException, sock: ManagedSocket) -> bool:
     connection the handler used: that is its bug.
     """
     return isinstance(failure, ConnectionClosed) and sock.closed
-
-
-def _remote_of(stream: trio.abc.Stream) -> tuple[str, int] | None:
-    if isinstance(stream, trio.SSLStream):
-        stream = stream.transport_stream
-    if isinstance(stream, trio.SocketStream):
-        try:
-            peer = stream.socket.getpeername()
-        except OSError:
-            return None
-        return str(peer[0]), int(peer[1])
-    peer = getattr(stream, "peer", None)  # a bridged connection (ASGI): the real client
-    if isinstance(peer, tuple):
-        return str(peer[0]), int(peer[1])
-    return None
