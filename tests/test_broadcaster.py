@@ -40,9 +40,9 @@ from trio_wsmgr.backends import (
     Receiver,
     RedisBackend,
 )
-from trio_wsmgr.broadcast._broadcaster import (
+from trio_wsmgr.broadcast._broadcaster import Broadcaster
+from trio_wsmgr.broadcast._wire import (
     MAX_CHANNEL_NAME_LENGTH,
-    Broadcaster,
     check_channel_name,
     decode_wire,
     encode_wire,

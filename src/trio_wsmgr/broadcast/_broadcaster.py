@@ -1,16 +1,15 @@
 """Broadcaster: named channels of managed sockets, fanned out locally and across nodes.
 
-Bookkeeping (who is subscribed to what, which topics the node needs from the
-backend) is plain synchronous code. Three things do I/O:
+The :class:`Broadcaster` is the face: it checks every call's arguments, keeps
+the channels, and wires the parts together, each in a module of its own:
 
-* ``broadcast`` / ``send_to_user`` queue the message on the local sockets (the
-  shared fan-out, :mod:`._fanout`) and publish it to the backend once;
-* a *sync* task applies subscription changes to the backend, in order, one
-  batch at a time (a node is subscribed to a topic exactly while it has local
-  subscribers to it);
-* an *inbox* task delivers what other nodes published, in arrival order.
-
-The wire format between nodes is in :mod:`._wire`.
+* who is subscribed to what on this node: :mod:`._membership` (synchronous);
+* which topics the node is subscribed to on its backend, and the task that keeps
+  them in step: :mod:`._topic_sync`;
+* ``broadcast`` / ``send_to_user`` (local fan-out, then one publication) and the
+  *inbox* task that delivers what other nodes published: :mod:`._dispatch`;
+* channels with history (publish, in-order delivery, recovery): :mod:`._recovery`;
+* who is present on every node: :mod:`._presence`.
 """
 
 from __future__ import annotations
@@ -25,18 +24,17 @@ from typing import Any, Final
 import attrs
 import trio
 
-from .._exceptions import BackendUnavailable
 from .._util import unwrap_single_group
 from .._validators import count, instance_of, seconds
 from ..protocol._message import Outgoing
-from ..server._fanout import OnFull, check_on_full, deliver, deliver_nowait
+from ..server._fanout import OnFull, check_on_full
 from ..server._manager import WebSocketManager
 from ..server._socket import ManagedSocket
 from . import _recovery
 from ._backend import Backend, BackendStatistics
+from ._dispatch import Inbox, Inboxed, send
 from ._history import (
     NO_HISTORY,
-    POSITIONED,
     ChannelStream,
     Cursor,
     Envelope,
@@ -44,13 +42,12 @@ from ._history import (
     Publication,
     StreamPosition,
     SubscribeResult,
-    split_positioned,
 )
 from ._membership import Membership
 from ._memory import MemoryBackend
 from ._presence import LocalPresence, Presence, PresenceKeeper
-from ._wire import MAX_CHANNEL_NAME_LENGTH as MAX_CHANNEL_NAME_LENGTH
-from ._wire import Wire, check_channel_name, decode_wire, encode_wire
+from ._topic_sync import TopicSync
+from ._wire import check_channel_name
 
 #: topics the Broadcaster uses for user-targeted messages (never a valid channel name)
 _USER_TOPIC: Final = "!user:{}"
@@ -175,21 +172,9 @@ class Broadcaster:
     _members: dict[str, dict[int, ManagedSocket]] = attrs.field(init=False, factory=dict)
     _memberships: dict[int, set[str]] = attrs.field(init=False, factory=dict)
     _managers: list[WebSocketManager] = attrs.field(init=False, factory=list)
-    _backend_topics: set[str] = attrs.field(init=False, factory=set)
-    _changed: set[str] = attrs.field(init=False, factory=set)
-    _requested: int = attrs.field(init=False, default=0)
-    _applied: int = attrs.field(init=False, default=0)
-    _syncing: bool = attrs.field(init=False, default=False)
-    _sync_lot: trio.lowlevel.ParkingLot = attrs.field(init=False, factory=trio.lowlevel.ParkingLot)
-    _synced_lot: trio.lowlevel.ParkingLot = attrs.field(
-        init=False, factory=trio.lowlevel.ParkingLot
-    )
-    _inbox: trio.MemorySendChannel[tuple[str, _Inboxed]] | None = attrs.field(
-        init=False, default=None
-    )
+    _sync: TopicSync = attrs.field(init=False)
+    _inbox: Inbox = attrs.field(init=False)
     _streams: dict[str, ChannelStream] = attrs.field(init=False, factory=dict)
-    #: per channel with history: the newest position the full inbox dropped
-    _missed: dict[str, StreamPosition] = attrs.field(init=False, factory=dict)
     _state: str = attrs.field(init=False, default="new")
     _lifetime_cm: Any = attrs.field(init=False, default=None)
     _counts: dict[str, int] = attrs.field(init=False)
@@ -203,6 +188,8 @@ class Broadcaster:
         names += " remote_deliveries echoes inbox_dropped malformed gap_fills"
         self._counts = dict.fromkeys(names.split(), 0)
         self._history = _recovery.HistoryHost(self._node, self.backend, self._counts, self._members)
+        self._sync = TopicSync(self.backend, self._wants)
+        self._inbox = Inbox(self._history, self._stream, self._user_sockets)
         self._membership = Membership(
             self._joined,
             self._left,
@@ -335,20 +322,17 @@ class Broadcaster:
             return
         self._managers.append(manager)
         if len(self._managers) == 1:
-            self._changed.update(self._user_topics())
-            self._request_sync()
+            self._sync.change(self._user_topics())
 
     def detach(self, manager: WebSocketManager) -> None:
         """Undo :meth:`attach`."""
         if manager in self._managers:
             self._managers.remove(manager)
             if not self._managers:
-                self._changed.update(self._user_topics())
-                self._request_sync()
+                self._sync.change(self._user_topics())
 
     def statistics(self) -> BroadcasterStatistics:
         counts = self._counts
-        inbox = 0 if self._inbox is None else self._inbox.statistics().current_buffer_used
         return BroadcasterStatistics(
             channels=len(self._members),
             subscriptions=sum(len(names) for names in self._memberships.values()),
@@ -359,7 +343,7 @@ class Broadcaster:
             received=counts["received"],
             remote_deliveries=counts["remote_deliveries"],
             echoes=counts["echoes"],
-            inbox=inbox,
+            inbox=self._inbox.used,
             inbox_dropped=counts["inbox_dropped"],
             malformed=counts["malformed"],
             gap_fills=counts["gap_fills"],
@@ -408,7 +392,7 @@ class Broadcaster:
             return await self._subscribe_history(sock, stream, since)
         join = self._membership.begin_join(sock, name)
         try:
-            await self._wait_synced(self._requested)
+            await self._sync.wait()
         except BaseException:
             self._membership.end_join(sock, name, join, done=False)  # cancelled: it did not happen
             raise
@@ -424,7 +408,7 @@ class Broadcaster:
         stream.cursors[sock.id] = Cursor()  # held back until the replay is done
         join = self._membership.begin_join(sock, name)
         try:
-            await self._wait_synced(self._requested)
+            await self._sync.wait()
             # shielded by recover() once it sent sock a publication: from there on,
             # leaving sock out would be a gap its client cannot see
             with trio.CancelScope() as replay:
@@ -450,7 +434,7 @@ class Broadcaster:
         self._membership.remove(sock, name)
         self._membership.forget_if_idle(sock)
         with trio.CancelScope(shield=True):
-            await self._wait_synced(self._requested)
+            await self._sync.wait()
 
     # -- presence ------------------------------------------------------------------------
 
@@ -472,8 +456,7 @@ class Broadcaster:
         stream = self._streams.get(name)
         if not first and stream is not None:
             stream.last = None  # the node stops receiving: no gap to fill later
-        self._changed.add(name)
-        self._request_sync()
+        self._sync.change((name,))
 
     async def presence(self, channel: str | Channel) -> Presence:
         """Who is subscribed to ``channel`` (a name or a :class:`Channel`) on every live node.
@@ -560,7 +543,7 @@ class Broadcaster:
             if sock_id not in skip and (filter is None or filter(sock))
         ]
         topic = None if local_only else name
-        return await self._send(sockets, outgoing, on_full, topic, None)
+        return await send(self._history, sockets, outgoing, on_full, topic, None)
 
     async def send_to_user(
         self,
@@ -588,47 +571,7 @@ class Broadcaster:
         skip = _ids(exclude)
         sockets = [s for s in self._user_sockets(user_id) if s.id not in skip]
         topic = None if local_only else self._user_topic(user_id)
-        return await self._send(sockets, outgoing, on_full, topic, user_id)
-
-    async def _send(
-        self,
-        sockets: list[ManagedSocket],
-        outgoing: Outgoing,
-        on_full: OnFull,
-        topic: str | None,
-        user_id: str | None,
-    ) -> int:
-        self._counts["broadcasts"] += 1
-        # Sockets with room get the message now; the full ones wait (per on_full)
-        # after the publication, so a slow local consumer never delays other nodes.
-        # The caller passed checkpoint_if_cancelled(): from here on the broadcast
-        # happens. What follows is shielded and bounded (the backend's command
-        # timeout, then slow_consumer_timeout), so a cancellation cannot cut it
-        # in half and lose the count.
-        queued, full = deliver_nowait(sockets, outgoing, on_full)
-        failure: BackendUnavailable | None = None
-        try:
-            with trio.CancelScope(shield=True):
-                if topic is not None:
-                    data = encode_wire(self._node, outgoing, on_full, user_id)
-                    try:
-                        await self.backend.publish(topic, data)
-                        self._counts["published"] += 1
-                    except BackendUnavailable as exc:
-                        failure = exc
-                if full:
-                    queued += await deliver(full, outgoing, on_full)
-            if topic is None and not full:
-                await trio.lowlevel.cancel_shielded_checkpoint()
-        finally:
-            self._counts["local_deliveries"] += queued
-        if failure is not None:
-            self._counts["publish_failures"] += 1
-            raise BackendUnavailable(
-                f"queued for {queued} local socket(s) but other nodes were not reached: {failure}",
-                delivered=queued,
-            ) from failure
-        return queued
+        return await send(self._history, sockets, outgoing, on_full, topic, user_id)
 
     def _user_topics(self) -> list[str]:
         return [_USER_TOPIC.format(shard) for shard in range(self.user_shards)]
@@ -639,96 +582,12 @@ class Broadcaster:
     def _user_sockets(self, user_id: str) -> list[ManagedSocket]:
         return [sock for manager in self._managers for sock in manager.get_user_sockets(user_id)]
 
-    # -- receiving (sync callback, then the inbox task) ------------------------------------
-
-    def _receive(self, topic: str, data: bytes) -> None:
-        """The backend's callback: decide synchronously, queue without waiting."""
-        # history: own publications are delivered from here too, in position order
-        wire: _Inboxed | None = (
-            split_positioned(data) if data[:1] == POSITIONED else decode_wire(data)
-        )
-        if wire is None:
-            self._counts["malformed"] += 1
-            return
-        if isinstance(wire, Wire) and wire.node == self._node:
-            self._counts["echoes"] += 1
-            return
-        self._counts["received"] += 1
-        inbox = self._inbox
-        try:
-            if inbox is None:
-                raise trio.WouldBlock
-            inbox.send_nowait((topic, wire))
-        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
-            self._counts["inbox_dropped"] += 1
-            if not isinstance(wire, Wire):  # history: read it back once the inbox is empty
-                self._missed[topic] = wire[0]
-
-    async def _run_inbox(self, inbox: trio.MemoryReceiveChannel[tuple[str, _Inboxed]]) -> None:
-        while True:
-            try:
-                topic, wire = inbox.receive_nowait()
-            except trio.WouldBlock:
-                if self._missed:  # publications of channels with history that were dropped
-                    topic, position = self._missed.popitem()
-                    await _recovery.catch_up(self._history, self._stream(topic), position)
-                    continue
-                try:
-                    topic, wire = await inbox.receive()
-                except trio.EndOfChannel:
-                    return
-            if not isinstance(wire, Wire):  # a channel with history: in position order
-                await _recovery.deliver_positioned(self._history, self._stream(topic), *wire)
-                continue
-            if wire.user_id is not None:
-                sockets = self._user_sockets(wire.user_id)
-            else:
-                sockets = list(self._members.get(topic, {}).values())
-            if sockets:
-                queued = await deliver(sockets, wire.outgoing(), wire.on_full)
-                self._counts["remote_deliveries"] += queued
-
-    # -- applying subscription changes to the backend ---------------------------------------
-
-    def _request_sync(self) -> None:
-        self._requested += 1
-        self._sync_lot.unpark_all()
+    # -- which topics the node needs from the backend ---------------------------------------
 
     def _wants(self, topic: str) -> bool:
         if topic.startswith("!"):
             return bool(self._managers) and topic in self._user_topics()
         return topic in self._members
-
-    async def _run_sync(self) -> None:
-        try:
-            while True:
-                while self._applied == self._requested:
-                    await self._sync_lot.park()
-                target = self._requested
-                changed, self._changed = self._changed, set()
-                add = sorted(t for t in changed if self._wants(t) and t not in self._backend_topics)
-                drop = sorted(
-                    t for t in changed if not self._wants(t) and t in self._backend_topics
-                )
-                if drop:
-                    self._backend_topics.difference_update(drop)
-                    await self.backend.unsubscribe(drop)
-                if add:
-                    self._backend_topics.update(add)
-                    await self.backend.subscribe(add)
-                self._applied = target
-                self._synced_lot.unpark_all()
-        finally:
-            self._syncing = False
-            self._synced_lot.unpark_all()
-
-    async def _wait_synced(self, generation: int) -> None:
-        """Wait until every subscription change requested so far reached the backend."""
-        if self._applied >= generation or not self._syncing:
-            await trio.lowlevel.checkpoint()
-            return
-        while self._applied < generation and self._syncing:
-            await self._synced_lot.park()
 
     # -- lifetime ------------------------------------------------------------------------
 
@@ -750,16 +609,15 @@ class Broadcaster:
 
     @asynccontextmanager
     async def _lifetime(self) -> AsyncIterator[Broadcaster]:
-        send, receive = trio.open_memory_channel[tuple[str, _Inboxed]](self.inbox_size)
+        queue, receive = trio.open_memory_channel[tuple[str, Inboxed]](self.inbox_size)
         try:
-            with unwrap_single_group(), send, receive:
+            with unwrap_single_group(), queue, receive:
                 async with trio.open_nursery() as nursery:
-                    self._inbox = send
+                    self._inbox.attach(queue)
                     backend_scope = trio.CancelScope()
                     await nursery.start(self._run_backend, backend_scope)
-                    nursery.start_soon(self._run_inbox, receive)
-                    self._syncing = True
-                    nursery.start_soon(self._run_sync)
+                    nursery.start_soon(self._inbox.run, receive)
+                    self._sync.start(nursery)
                     store = self.backend.presence_store()
                     if store is not None:
                         self._keeper = PresenceKeeper(
@@ -771,7 +629,7 @@ class Broadcaster:
                         backend_scope.shield = True
                     self._state = "running"
                     try:
-                        await self._wait_synced(self._requested)
+                        await self._sync.wait()
                         yield self
                     finally:
                         self._state = "closed"
@@ -782,14 +640,14 @@ class Broadcaster:
                         nursery.cancel_scope.cancel()
         finally:
             self._state = "closed"
-            self._inbox = None
+            self._inbox.attach(None)
             self._release_sockets()
 
     async def _run_backend(
         self, scope: trio.CancelScope, *, task_status: trio.TaskStatus[None]
     ) -> None:
         with scope:
-            await self.backend.run(self._receive, task_status=task_status)
+            await self.backend.run(self._inbox.receive, task_status=task_status)
 
     def _release_sockets(self) -> None:
         self._membership.release()
@@ -798,8 +656,6 @@ class Broadcaster:
 
 #: history size assumed for a channel with history that this node did not create
 _DEFAULT_HISTORY: Final = 100
-
-_Inboxed = Wire | tuple[StreamPosition, bytes]
 
 
 def _ids(exclude: ManagedSocket | Collection[ManagedSocket] | None) -> frozenset[int]:

@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 class HistoryHost:
     """What these paths use of their Broadcaster (which makes one and shares its state).
 
+    :mod:`._dispatch` (plain publications and the inbox) uses the same one.
+
     ``counts`` and ``members`` are the Broadcaster's own dicts: updates through
     them are its counters and its channel membership.
     """
