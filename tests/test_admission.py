@@ -41,6 +41,7 @@ def _admission(
     counters = Counters()
     shutdown = _Shutdown()
     settings: dict[str, Any] = {
+        "connection_timeout": 10.0,
         "max_connections": math.inf,
         "max_connections_per_user": math.inf,
         "max_connections_per_address": math.inf,

@@ -5,14 +5,16 @@ The decisions are plain synchronous code over the registry, with no awaits
 (:meth:`Admission.check`), the per-user limit (:meth:`Admission.check_user`),
 the subprotocol (:meth:`Admission.select_subprotocol`), what an
 authenticator's refusal means (:func:`authenticator_refusal`), and the count
-of refusals by cause. The async shell around them does the I/O: it reads
-``serve``'s handshake (:meth:`Admission.handshake`), calls the
-authenticator, answers the request through an :class:`~._answer.Answer`
-(``serve``'s own wire, or trio-websocket's for ``manager.accept``) and
+of refusals by cause. The async shell around them does the I/O and keeps the
+handshake's deadline (``connection_timeout``): it reads ``serve``'s handshake
+(:meth:`Admission.handshake`), calls the authenticator, answers the request
+through an :class:`~._answer.Answer` (``serve``'s own wire, or
+trio-websocket's for ``manager.accept``: :meth:`Admission.admit_request`) and
 registers the new socket (:meth:`Admission.admit`).
 
 The manager builds one :class:`Admission` from its options and hands it the
-registry, the counters and a callback that says whether it is shutting down;
+registry, the counters, the sockets' context and a callback that says whether it is
+shutting down;
 admission knows nothing else of the manager.
 """
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Final, NoReturn
+from typing import Any, Final, NoReturn, Protocol
 
 import attrs
 import trio
@@ -79,6 +81,12 @@ AUTH_ERROR: Final = Refusal(500, "error", "authentication error")
 _SINGLE_HEADERS = ("sec-websocket-key", "sec-websocket-version")
 
 
+class TimedAnswer(Answer, Protocol):
+    """An answer that can still say the handshake timed out (``accept``'s, see _accepted)."""
+
+    async def time_out(self, close_timeout: float) -> NoReturn: ...
+
+
 def authenticator_refusal(exc: RequestRejected) -> Refusal:
     """What an authenticator raising :class:`RequestRejected` refuses with (403: forbidden)."""
     cause = "forbidden" if exc.status_code == 403 else "unauthenticated"
@@ -97,6 +105,7 @@ class Admission:
         "allowed_origins",
         "authentication",
         "compression",
+        "connection_timeout",
         "max_connections",
         "max_connections_per_address",
         "max_connections_per_user",
@@ -112,6 +121,7 @@ class Admission:
         counters: Counters,
         context: SocketContext,
         shutdown: Callable[[], tuple[int, str] | None],
+        connection_timeout: float,
         max_connections: float,
         max_connections_per_user: float,
         max_connections_per_address: float,
@@ -128,6 +138,8 @@ class Admission:
         #: None while serving; the close code and reason once the manager is closing
         self._shutdown = shutdown
         self._rejected: dict[str, int] = {}
+        #: the deadline of a whole handshake, from its first byte to the 101
+        self.connection_timeout = connection_timeout
         self.max_connections = max_connections
         self.max_connections_per_user = max_connections_per_user
         self.max_connections_per_address = max_connections_per_address
@@ -185,8 +197,18 @@ class Admission:
     async def handshake(self, buffered: BufferedStream) -> tuple[ManagedSocket, bytes] | None:
         """Read and answer ``serve``'s opening handshake: the socket and the bytes after it.
 
-        None if it was refused (the answer is written and the stream closed).
+        None if it was refused (the answer is written and the stream closed), or
+        if it did not finish within ``connection_timeout`` (counted as
+        ``timeout`` unless the stream is already closed; nothing is answered).
         """
+        admitted: tuple[ManagedSocket, bytes] | None = None
+        with trio.move_on_after(self.connection_timeout):
+            admitted = await self._read_and_admit(buffered)
+        if admitted is None and not buffered.closed:
+            self.count_rejection("timeout")
+        return admitted
+
+    async def _read_and_admit(self, buffered: BufferedStream) -> tuple[ManagedSocket, bytes] | None:
         head = await read_head(buffered, self.receive_buffer_size)
         if head is None:  # ended early, or a head too big: 400 (if there is anyone to tell)
             self.count_rejection("bad_request")
@@ -209,6 +231,38 @@ class Admission:
         except RequestRejected:
             return None
         return sock, head[1]
+
+    async def admit_request(
+        self,
+        answer: TimedAnswer,
+        info: HandshakeRequest,
+        buffered: BufferedStream,
+        *,
+        user_id: str | _Unset | None,
+        subprotocol: str | _Unset | None,
+        extra_headers: list[tuple[bytes, bytes]],
+        metadata: Mapping[str, Any] | None,
+    ) -> ManagedSocket:
+        """``accept()``'s admission: :meth:`admit` within ``connection_timeout``.
+
+        Out of time, the refusal is counted as ``timeout`` and ``answer`` says
+        so (a 408 if nothing was answered yet; see ``TwsAnswer.time_out``).
+        """
+        sock: ManagedSocket | None = None
+        with trio.move_on_after(self.connection_timeout):
+            sock = await self.admit(
+                answer,
+                info,
+                buffered,
+                user_id=user_id,
+                subprotocol=subprotocol,
+                extra_headers=extra_headers,
+                metadata=metadata,
+            )
+        if sock is None:
+            self.count_rejection("timeout")
+            await answer.time_out(self._context.close_timeout)
+        return sock
 
     async def admit(
         self,

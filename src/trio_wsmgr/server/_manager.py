@@ -42,7 +42,7 @@ from ._listen import Server, accept_loop, open_listeners
 from ._registry import Registry
 from ._socket import Handler as Handler
 from ._socket import ManagedSocket
-from ._statistics import ManagerStatistics
+from ._statistics import ManagerStatistics, snapshot
 from ._transport import BufferedStream
 
 logger = logging.getLogger("trio_wsmgr")
@@ -133,6 +133,7 @@ class WebSocketManager:
             counters=self._counters,
             context=self._context,
             shutdown=self._shutdown,
+            connection_timeout=self.connection_timeout,
             max_connections=self.max_connections,
             max_connections_per_user=self.max_connections_per_user,
             max_connections_per_address=self.max_connections_per_address,
@@ -167,21 +168,8 @@ class WebSocketManager:
         return self._closing
 
     def statistics(self) -> ManagerStatistics:
-        counts = self._counters
-        return ManagerStatistics(
-            open_sockets=len(self._registry),
-            handshaking=self._registry.reserved,
-            accepted=counts.accepted,
-            rejected=self._admission.rejections(),
-            messages_in=counts.messages_in,
-            messages_out=counts.messages_out,
-            bytes_in=counts.bytes_in,
-            bytes_out=counts.bytes_out,
-            dropped=counts.dropped,
-            slow_consumer_closes=counts.slow_consumer_closes,
-            heartbeat_timeouts=counts.heartbeat_timeouts,
-            rate_limited=counts.rate_limited,
-        )
+        """A snapshot of the manager's counters."""
+        return snapshot(self._counters, self._registry, self._admission.rejections())
 
     # -- broadcast --------------------------------------------------------------
 
@@ -288,20 +276,16 @@ class WebSocketManager:
         scope: trio.CancelScope | None = None
         try:
             # The nursery's scope is the connection's scope (close() cancels it):
-            # one cancel scope per connection, not two. The handshake and the
-            # handler run right here, not in helper coroutines: every coroutine
-            # an idle connection waits in is kept alive (and scanned by the
-            # garbage collector) for the connection's whole life.
+            # one cancel scope per connection, not two. The handler runs right
+            # here, not in a helper coroutine (the handshake's have ended by
+            # then): every coroutine an idle connection waits in is kept alive
+            # (and scanned by the garbage collector) for the connection's whole life.
             with unwrap_single_group():
                 async with trio.open_nursery() as nursery:
                     scope = nursery.cancel_scope
                     self._connection_scopes.add(scope)
-                    admitted: tuple[ManagedSocket, bytes] | None = None
-                    with trio.move_on_after(self.connection_timeout):
-                        admitted = await self._admission.handshake(buffered)
-                    if admitted is None:
-                        if not buffered.closed:
-                            self._admission.count_rejection("timeout")
+                    admitted = await self._admission.handshake(buffered)
+                    if admitted is None:  # refused, or out of time
                         return
                     sock, rest = admitted
                     del admitted
@@ -401,22 +385,15 @@ class WebSocketManager:
         with self._connection_scope() as scope, unwrap_single_group():
             async with background_nursery(heartbeat) as nursery:
                 buffered.attach(nursery)
-                sock: ManagedSocket | None = None
-                info = tws_request_info(request, remote_of(buffered.inner))
-                answer = TwsAnswer(self._context, request, buffered, heartbeat, nursery)
-                with trio.move_on_after(self.connection_timeout):
-                    sock = await self._admission.admit(
-                        answer,
-                        info,
-                        buffered,
-                        user_id=user_id,
-                        subprotocol=subprotocol,
-                        extra_headers=list(extra_headers),
-                        metadata=metadata,
-                    )
-                if sock is None:
-                    self._admission.count_rejection("timeout")
-                    await answer.time_out(self.close_timeout)
+                sock = await self._admission.admit_request(
+                    TwsAnswer(self._context, request, buffered, heartbeat, nursery),
+                    tws_request_info(request, remote_of(buffered.inner)),
+                    buffered,
+                    user_id=user_id,
+                    subprotocol=subprotocol,
+                    extra_headers=list(extra_headers),
+                    metadata=metadata,
+                )
                 failure: BaseException | None = None
                 try:
                     yield sock
