@@ -13,9 +13,8 @@ trio-websocket's for ``manager.accept``: :meth:`Admission.admit_request`) and
 registers the new socket (:meth:`Admission.admit`).
 
 The manager builds one :class:`Admission` from its options and hands it the
-registry, the counters, the sockets' context and a callback that says whether it is
-shutting down;
-admission knows nothing else of the manager.
+registry, the counters, the sockets' context and a callback that says whether
+it is shutting down; admission knows nothing else of the manager.
 """
 
 from __future__ import annotations
