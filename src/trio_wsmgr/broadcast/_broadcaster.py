@@ -3,20 +3,21 @@
 The :class:`Broadcaster` is the face: it checks every call's arguments, keeps
 the channels, and wires the parts together, each in a module of its own:
 
-* who is subscribed to what on this node: :mod:`._membership` (synchronous);
+* who is subscribed to what on this node: :mod:`._membership` (synchronous),
+  and subscribing and unsubscribing around it: :mod:`._subscriptions`;
 * which topics the node is subscribed to on its backend, and the task that keeps
   them in step: :mod:`._topic_sync`;
 * ``broadcast`` / ``send_to_user`` (local fan-out, then one publication) and the
   *inbox* task that delivers what other nodes published: :mod:`._dispatch`;
 * channels with history (publish, in-order delivery, recovery): :mod:`._recovery`;
-* who is present on every node: :mod:`._presence`.
+* who is present on every node: :mod:`._presence`;
+* channel names, topics and the wire format between nodes: :mod:`._wire`.
 """
 
 from __future__ import annotations
 
 import math
 import os
-import zlib
 from collections.abc import AsyncIterator, Callable, Collection
 from contextlib import asynccontextmanager
 from typing import Any, Final
@@ -36,7 +37,6 @@ from ._dispatch import Inbox, Inboxed, send
 from ._history import (
     NO_HISTORY,
     ChannelStream,
-    Cursor,
     Envelope,
     HistoryOptions,
     Publication,
@@ -45,12 +45,10 @@ from ._history import (
 )
 from ._membership import Membership
 from ._memory import MemoryBackend
-from ._presence import LocalPresence, Presence, PresenceKeeper
+from ._presence import NodePresence, Presence
+from ._subscriptions import Subscriptions
 from ._topic_sync import TopicSync
-from ._wire import check_channel_name
-
-#: topics the Broadcaster uses for user-targeted messages (never a valid channel name)
-_USER_TOPIC: Final = "!user:{}"
+from ._wire import check_channel_name, user_topic, user_topics
 
 
 def _channel_name(channel: object) -> str:
@@ -179,9 +177,9 @@ class Broadcaster:
     _lifetime_cm: Any = attrs.field(init=False, default=None)
     _counts: dict[str, int] = attrs.field(init=False)
     _history: _recovery.HistoryHost = attrs.field(init=False)
-    _local_presence: LocalPresence = attrs.field(init=False, factory=LocalPresence)
-    _keeper: PresenceKeeper | None = attrs.field(init=False, default=None)
+    _presence: NodePresence = attrs.field(init=False)
     _membership: Membership = attrs.field(init=False)
+    _subscriptions: Subscriptions = attrs.field(init=False)
 
     def __attrs_post_init__(self) -> None:
         names = "broadcasts local_deliveries published publish_failures received"
@@ -197,6 +195,8 @@ class Broadcaster:
             members=self._members,
             memberships=self._memberships,
         )
+        self._subscriptions = Subscriptions(self._membership, self._sync, self._history)
+        self._presence = NodePresence(self.node_id, self.presence_ttl)
 
     def __repr__(self) -> str:
         return (
@@ -322,14 +322,14 @@ class Broadcaster:
             return
         self._managers.append(manager)
         if len(self._managers) == 1:
-            self._sync.change(self._user_topics())
+            self._sync.change(user_topics(self.user_shards))
 
     def detach(self, manager: WebSocketManager) -> None:
         """Undo :meth:`attach`."""
         if manager in self._managers:
             self._managers.remove(manager)
             if not self._managers:
-                self._sync.change(self._user_topics())
+                self._sync.change(user_topics(self.user_shards))
 
     def statistics(self) -> BroadcasterStatistics:
         counts = self._counts
@@ -389,36 +389,9 @@ class Broadcaster:
             if stream is None:
                 raise ValueError(f"since: channel {name!r} has no history")
         if stream is not None:
-            return await self._subscribe_history(sock, stream, since)
-        join = self._membership.begin_join(sock, name)
-        try:
-            await self._sync.wait()
-        except BaseException:
-            self._membership.end_join(sock, name, join, done=False)  # cancelled: it did not happen
-            raise
-        self._membership.end_join(sock, name, join, done=True)
+            return await self._subscriptions.join_with_history(sock, stream, since)
+        await self._subscriptions.join(sock, name)
         return NO_HISTORY
-
-    async def _subscribe_history(
-        self, sock: ManagedSocket, stream: ChannelStream, since: StreamPosition | None
-    ) -> SubscribeResult:
-        name = stream.name
-        if sock.id in self._members.get(name, {}):
-            return SubscribeResult(False, await _recovery.position(self._history, stream))
-        stream.cursors[sock.id] = Cursor()  # held back until the replay is done
-        join = self._membership.begin_join(sock, name)
-        try:
-            await self._sync.wait()
-            # shielded by recover() once it sent sock a publication: from there on,
-            # leaving sock out would be a gap its client cannot see
-            with trio.CancelScope() as replay:
-                result = await _recovery.recover(self._history, sock, stream, since, replay)
-        except BaseException:
-            # cancelled, or failed: undone (a half replay must not be a gap)
-            self._membership.end_join(sock, name, join, done=False)
-            raise
-        self._membership.end_join(sock, name, join, done=True)
-        return result
 
     async def unsubscribe(self, sock: ManagedSocket, channel: str | Channel) -> None:
         """Remove ``sock`` from ``channel``; nothing happens if it was not subscribed.
@@ -430,23 +403,15 @@ class Broadcaster:
         """
         self._check_running()
         name = _channel_name(channel)
-        await trio.lowlevel.checkpoint_if_cancelled()
-        self._membership.remove(sock, name)
-        self._membership.forget_if_idle(sock)
-        with trio.CancelScope(shield=True):
-            await self._sync.wait()
+        await self._subscriptions.leave(sock, name)
 
-    # -- presence ------------------------------------------------------------------------
+    # -- Membership's hooks: presence, history cursors, backend topics ------------------
 
     def _joined(self, name: str, sock: ManagedSocket) -> None:
-        self._local_presence.add(name, sock.user_id)
-        if self._keeper is not None:
-            self._keeper.changed()
+        self._presence.joined(name, sock.user_id)
 
     def _left(self, name: str, sock: ManagedSocket) -> None:
-        self._local_presence.remove(name, sock.user_id)
-        if self._keeper is not None:
-            self._keeper.changed()
+        self._presence.left(name, sock.user_id)
         stream = self._streams.get(name)
         if stream is not None:
             stream.cursors.pop(sock.id, None)
@@ -457,6 +422,8 @@ class Broadcaster:
         if not first and stream is not None:
             stream.last = None  # the node stops receiving: no gap to fill later
         self._sync.change((name,))
+
+    # -- presence ------------------------------------------------------------------------
 
     async def presence(self, channel: str | Channel) -> Presence:
         """Who is subscribed to ``channel`` (a name or a :class:`Channel`) on every live node.
@@ -472,13 +439,11 @@ class Broadcaster:
         """
         self._check_running()
         name = _channel_name(channel)
-        store = self.backend.presence_store() if self._keeper is None else self._keeper.store
+        keeper = self._presence.keeper
+        store = self.backend.presence_store() if keeper is None else keeper.store
         if store is None:
             raise NotImplementedError(f"{self.backend!r} does not share presence")
-        remote = await store.read(name)
-        remote.pop(self.node_id, None)  # this node's part comes from memory, not the store
-        local = self._local_presence.counts(name)
-        return Presence.merge([*remote.values(), *([local] if local is not None else [])])
+        return await self._presence.read(store, name)
 
     # -- publishing ----------------------------------------------------------------------
 
@@ -570,14 +535,8 @@ class Broadcaster:
         await trio.lowlevel.checkpoint_if_cancelled()
         skip = _ids(exclude)
         sockets = [s for s in self._user_sockets(user_id) if s.id not in skip]
-        topic = None if local_only else self._user_topic(user_id)
+        topic = None if local_only else user_topic(user_id, self.user_shards)
         return await send(self._history, sockets, outgoing, on_full, topic, user_id)
-
-    def _user_topics(self) -> list[str]:
-        return [_USER_TOPIC.format(shard) for shard in range(self.user_shards)]
-
-    def _user_topic(self, user_id: str) -> str:
-        return _USER_TOPIC.format(zlib.crc32(user_id.encode("utf-8")) % self.user_shards)
 
     def _user_sockets(self, user_id: str) -> list[ManagedSocket]:
         return [sock for manager in self._managers for sock in manager.get_user_sockets(user_id)]
@@ -586,7 +545,7 @@ class Broadcaster:
 
     def _wants(self, topic: str) -> bool:
         if topic.startswith("!"):
-            return bool(self._managers) and topic in self._user_topics()
+            return bool(self._managers) and topic in user_topics(self.user_shards)
         return topic in self._members
 
     # -- lifetime ------------------------------------------------------------------------
@@ -620,10 +579,7 @@ class Broadcaster:
                     self._sync.start(nursery)
                     store = self.backend.presence_store()
                     if store is not None:
-                        self._keeper = PresenceKeeper(
-                            store, self.node_id, self.presence_ttl, self._local_presence
-                        )
-                        nursery.start_soon(self._keeper.run)
+                        self._presence.start(store, nursery)
                         # The keeper removes our entries at exit, over the backend's
                         # connection: keep it up until then, even when cancelled.
                         backend_scope.shield = True
@@ -633,9 +589,7 @@ class Broadcaster:
                         yield self
                     finally:
                         self._state = "closed"
-                        if self._keeper is not None:  # remove our entries while connected
-                            with trio.CancelScope(shield=True):
-                                await self._keeper.stop()
+                        await self._presence.stop()  # remove our entries while connected
                         backend_scope.cancel()
                         nursery.cancel_scope.cancel()
         finally:
@@ -651,7 +605,7 @@ class Broadcaster:
 
     def _release_sockets(self) -> None:
         self._membership.release()
-        self._local_presence.clear()
+        self._presence.local.clear()
 
 
 #: history size assumed for a channel with history that this node did not create

@@ -1,7 +1,8 @@
 """Who is subscribed to what on this node: plain synchronous bookkeeping, no I/O.
 
-The Broadcaster (the async shell) owns one :class:`Membership` and hears of each
-change through three hooks: a socket joined a channel, left it, and a channel got
+The Broadcaster owns one :class:`Membership` (its async shell, which subscribes
+and unsubscribes, is :mod:`._subscriptions`) and hears of each change through
+three hooks: a socket joined a channel, left it, and a channel got
 its first local subscriber or lost its last (the node's backend subscription
 follows that). A socket leaves every channel by itself when it closes.
 """

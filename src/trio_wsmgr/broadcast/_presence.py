@@ -268,6 +268,48 @@ class PresenceKeeper:
         )
 
 
+# -- this node's part (what the Broadcaster holds) ---------------------------------------
+
+
+@attrs.define(eq=False)
+class NodePresence:
+    """This node's counts, the keeper that shares them, and reading every node's."""
+
+    #: this node's id, as the store knows it
+    node: str
+    ttl: float
+    local: LocalPresence = attrs.field(init=False, factory=LocalPresence)
+    keeper: PresenceKeeper | None = attrs.field(init=False, default=None)
+
+    def joined(self, channel: str, user_id: str | None) -> None:
+        self.local.add(channel, user_id)
+        if self.keeper is not None:
+            self.keeper.changed()
+
+    def left(self, channel: str, user_id: str | None) -> None:
+        self.local.remove(channel, user_id)
+        if self.keeper is not None:
+            self.keeper.changed()
+
+    def start(self, store: PresenceStore, nursery: trio.Nursery) -> None:
+        """Share this node's counts through ``store`` (a keeper task in ``nursery``)."""
+        self.keeper = PresenceKeeper(store, self.node, self.ttl, self.local)
+        nursery.start_soon(self.keeper.run)
+
+    async def stop(self) -> None:
+        """Remove this node's entries from the store (shielded, bounded); if it was started."""
+        if self.keeper is not None:
+            with trio.CancelScope(shield=True):
+                await self.keeper.stop()
+
+    async def read(self, store: PresenceStore, channel: str) -> Presence:
+        """Every node's part: the others' from ``store``, this node's from memory."""
+        remote = await store.read(channel)
+        remote.pop(self.node, None)  # this node's part comes from memory, not the store
+        local = self.local.counts(channel)
+        return Presence.merge([*remote.values(), *([local] if local is not None else [])])
+
+
 # -- the in-process store (MemoryHub) ----------------------------------------------------
 
 

@@ -1,4 +1,9 @@
-"""Channel names, and the wire format between nodes (sync, no I/O).
+"""Channel names and topics, and the wire format between nodes (sync, no I/O).
+
+A channel's messages travel on the backend topic named as the channel. A user's
+messages (``send_to_user``) travel on one of ``user_shards`` topics
+``!user:<shard>`` (never a valid channel name), chosen by a hash of the user id:
+every node must use the same number of shards.
 
 Wire format between nodes (everything after the header is the encoded payload,
 sent as is)::
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from typing import Final
 
 import attrs
@@ -27,6 +33,9 @@ from ..server._fanout import ON_FULL_CHOICES, OnFull
 #: the longest channel name accepted
 MAX_CHANNEL_NAME_LENGTH: Final = 200
 _NAME = re.compile(r"[A-Za-z0-9_.:/@-]+")
+
+#: topics of user-targeted messages
+_USER_TOPIC: Final = "!user:{}"
 
 _WIRE_VERSION: Final = 1
 _HEADER = struct.Struct("!BB8s")
@@ -54,6 +63,16 @@ def check_channel_name(name: object) -> str:
             f"invalid channel name {name[:40]!r}: use only A-Z a-z 0-9 _ - . : / @"
         )
     return name
+
+
+def user_topics(shards: int) -> list[str]:
+    """Every topic of user-targeted messages, one per shard."""
+    return [_USER_TOPIC.format(shard) for shard in range(shards)]
+
+
+def user_topic(user_id: str, shards: int) -> str:
+    """The topic of ``user_id``'s messages."""
+    return _USER_TOPIC.format(zlib.crc32(user_id.encode("utf-8")) % shards)
 
 
 # -- the wire format (sync, no I/O) ------------------------------------------------------
