@@ -87,7 +87,7 @@ class Shard:
     """One master and this node's connection to it."""
 
     address: Address
-    host: ShardHost
+    host: ShardHost = attrs.field(repr=False)
     scope: trio.CancelScope = attrs.field(factory=trio.CancelScope)
     connection: Connection | None = None
     up: bool = False  # connected and every channel of its slots subscribed

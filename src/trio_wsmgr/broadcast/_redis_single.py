@@ -57,8 +57,8 @@ def _summary(exc: BaseException) -> str:
 class SinglePubSub:
     """The single-server side of :class:`~trio_wsmgr.RedisBackend` (``cluster=False``)."""
 
-    url: str
-    #: ``url`` without its password, for messages and logs
+    url: str = attrs.field(repr=False)  # it may hold a password
+    #: ``url`` without its password, for messages, logs and the repr
     where: str
     prefix: str
     #: the backend's set of topics the node wants (it updates it, then calls :meth:`change`)
