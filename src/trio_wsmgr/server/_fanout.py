@@ -25,6 +25,7 @@ import trio
 
 from .._exceptions import ConnectionClosed
 from ..protocol._message import Outgoing
+from ._coalesce import coalescer
 
 if TYPE_CHECKING:
     from ._socket import ManagedSocket
@@ -49,8 +50,11 @@ def deliver_nowait(
     queued = 0
     full: list[ManagedSocket] = []
     plain = outgoing.plain_frame()  # shared by every socket without compression
+    gathering = coalescer()
+    started = trio.current_time()
+    gather = gathering if gathering.gather(started) else None
     for sock in sockets:
-        size = sock._offer(outgoing, plain)
+        size = sock._offer(outgoing, plain, gather)
         if size > 0:
             queued += 1
         elif size < 0:  # full
@@ -58,6 +62,8 @@ def deliver_nowait(
                 full.append(sock)
             else:
                 sock._overflow(on_full)
+    if gather is None and queued:
+        gathering.wrote(started, trio.current_time())
     return queued, full
 
 

@@ -29,6 +29,7 @@ from ..protocol._frames import encode_frame
 from ..protocol._handshake import parse_request
 from ..protocol._message import FrameCompressor, Outgoing
 from ..protocol._reader import Close, FrameReader, Ping, Pong
+from ._coalesce import Coalescer
 from ._context import SocketContext
 from ._heartbeat import Action, HeartbeatPolicy, ping_payload
 from ._transport import BufferedStream
@@ -383,13 +384,15 @@ class ManagedSocket:
 
     # -- fan-out's interface: :mod:`._fanout` uses these methods and nothing else -------
 
-    def _offer(self, outgoing: Outgoing, plain: bytes) -> int:
+    def _offer(self, outgoing: Outgoing, plain: bytes, gather: Coalescer | None) -> int:
         """Write a broadcast if the send buffer has room. Synchronous: fan-out's hot path.
 
         ``plain`` is the message's uncompressed frame, shared by every socket
-        without compression. Returns the frame's size once written (counted here
-        and on the manager); 0 if the socket is closing or closed; -1 if its
-        buffer is full. In both of the latter nothing was written.
+        without compression. With ``gather`` the frame is queued for that
+        coalescer to write with the next ones (see :mod:`._coalesce`). Returns
+        the frame's size once written or queued (counted here and on the
+        manager); 0 if the socket is closing or closed; -1 if its buffer is
+        full. In both of the latter nothing was written.
         """
         stream = self._stream
         if stream.closed or self._closing:
@@ -403,7 +406,10 @@ class ManagedSocket:
             self._note_remote_close()
             return 0
         try:
-            stream.write_nowait(frame)
+            if gather is None:
+                stream.write_nowait(frame)
+            else:
+                stream.write_later(frame, gather)
         except _STREAM_ERRORS:
             self._note_remote_close()
             return 0

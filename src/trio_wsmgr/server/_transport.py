@@ -35,6 +35,8 @@ from typing import Any
 
 import trio
 
+from ._coalesce import Coalescer
+
 _FAST_PATH = sys.platform != "win32"
 #: how long ``aclose`` waits for a last frame (see ``flush_on_close``)
 FINAL_FLUSH_TIMEOUT = 0.5
@@ -61,6 +63,7 @@ class BufferedStream(trio.abc.Stream):
         "_fd",
         "_flush_lot",
         "_flushed_total",
+        "_gathered",
         "_head_partial",
         "_last_flush",
         "_nursery",
@@ -99,6 +102,7 @@ class BufferedStream(trio.abc.Stream):
         self._writer_running = False
         self._writer_scope: trio.CancelScope | None = None  # the on-demand writer's shield
         self._flush_lot: trio.lowlevel.ParkingLot | None = None  # made on first wait
+        self._gathered = False  # marked with the coalescer: it writes the queue next
         #: a WebSocket close frame went through :meth:`send_all`: data frames must not follow
         self.close_frame_sent = False
         #: on aclose, give queued bytes one bounded last chance to go out
@@ -134,14 +138,65 @@ class BufferedStream(trio.abc.Stream):
                 self._head_partial = True
         self._enqueue(data)
 
+    def write_later(self, data: bytes, coalescer: Coalescer) -> None:
+        """Queue ``data`` for ``coalescer`` to write with what follows it. Never blocks.
+
+        Raises like :meth:`write_nowait`. A stream without a usable fd writes as
+        :meth:`write_nowait` does (its writer task joins its queue anyway).
+        """
+        if self.closed:
+            self._raise_closed()
+        if self._fd is None:
+            self._enqueue(data)
+            return
+        size = len(data)
+        self._queue.append(data)
+        self.buffered += size
+        self._queued_total += size
+        self._busy = True
+        if not self._gathered and not self._writer_running:
+            self._gathered = True
+            coalescer.mark(self)
+
+    def write_gathered(self) -> None:
+        """The coalescer's turn: write the whole queue in one system call (see :meth:`write_later`)."""
+        self._gathered = False
+        queue = self._queue
+        if self.closed or self._writer_running or not queue or self._fd is None:
+            return  # closed, or a writer task (or flush) has the queue
+        data = queue[0] if len(queue) == 1 else b"".join(queue)
+        queue.clear()
+        try:
+            sent = os.write(self._fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            queue.append(data)
+            self._fail(exc)
+            return
+        self.buffered -= sent
+        self._flushed_total += sent
+        if sent == len(data):
+            self._busy = False
+        else:
+            if sent:  # else the head is as it was (whole, or the rest of a cut frame)
+                self._head_partial = True
+            queue.append(data[sent:])
+            self._start_writer()
+        if sent:
+            self._wake_flush_waiters()
+
     def _enqueue(self, data: bytes) -> None:
         size = len(data)
         self._queue.append(data)
         self.buffered += size
         self._queued_total += size
         self._busy = True
-        if self._writer_running:
-            return
+        if self._writer_running or self._gathered:
+            return  # a writer task, or the coalescer, writes the queue
+        self._start_writer()
+
+    def _start_writer(self) -> None:
         if self._nursery is not None:
             self._writer_running = True
             try:
