@@ -72,8 +72,12 @@ class Coalescer:
             self._parked = None
             trio.lowlevel.reschedule(parked)
         elif not self._started:
-            self._started = True
-            trio.lowlevel.spawn_system_task(self._run, name="trio_wsmgr write coalescer")
+            try:
+                trio.lowlevel.spawn_system_task(self._run, name="trio_wsmgr write coalescer")
+            except RuntimeError:  # the run is shutting down: no task to wait for
+                self._write_marked()
+            else:
+                self._started = True
 
     async def _run(self) -> None:
         while True:
@@ -82,15 +86,18 @@ class Coalescer:
                 await trio.lowlevel.wait_task_rescheduled(self._abort)
             # One more scheduler pass: a producer still going adds its next broadcast.
             await trio.lowlevel.cancel_shielded_checkpoint()
-            marked, self._marked = self._marked, []
-            started = trio.current_time()
-            for stream in marked:
-                try:
-                    stream.write_gathered()
-                except Exception:  # a bug here must cost one connection, never the run
-                    logger.exception("writing gathered frames to %r failed", stream)
-            self._ended = trio.current_time()
-            self._cost = self._ended - started
+            self._write_marked()
+
+    def _write_marked(self) -> None:
+        marked, self._marked = self._marked, []
+        started = trio.current_time()
+        for stream in marked:
+            try:
+                stream.write_gathered()
+            except Exception:  # a bug here must cost one connection, never the run
+                logger.exception("writing gathered frames to %r failed", stream)
+        self._ended = trio.current_time()
+        self._cost = self._ended - started
 
     def _abort(self, _: object) -> trio.lowlevel.Abort:
         self._parked = None

@@ -10,7 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Counters", "SocketContext"]
+__all__ = ["GATHER_MOST", "Counters", "SocketContext"]
+
+#: the most bytes of gathered broadcasts a socket holds before they are written anyway
+GATHER_MOST = 16 * 1024
 
 
 class Counters:
@@ -55,6 +58,7 @@ class SocketContext:
         "max_incoming_queue",
         "max_messages_per_second",
         "receive_buffer_size",
+        "gather_most",
         "send_buffer_size",
         "slow_consumer_timeout",
         "unregister",
@@ -78,6 +82,9 @@ class SocketContext:
         #: called with a socket as soon as it starts closing or its transport ends
         self.unregister = unregister
         self.send_buffer_size = send_buffer_size
+        #: gathered broadcast frames are written once a socket has this many bytes of them
+        #: (so gathering alone never fills a send buffer: see server/_coalesce.py)
+        self.gather_most = min(GATHER_MOST, send_buffer_size / 4)
         self.slow_consumer_timeout = slow_consumer_timeout
         self.close_timeout = close_timeout
         self.max_messages_per_second = max_messages_per_second

@@ -409,7 +409,7 @@ class ManagedSocket:
             if gather is None:
                 stream.write_nowait(frame)
             else:
-                stream.write_later(frame, gather)
+                stream.write_later(frame, gather, context.gather_most)
         except _STREAM_ERRORS:
             self._note_remote_close()
             return 0

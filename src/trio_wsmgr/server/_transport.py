@@ -17,6 +17,9 @@ How a write travels:
   nursery only while there is a backlog (an idle connection has no writer
   task, which saves its memory). Without a nursery (before ``attach``, after
   ``detach``) :meth:`~BufferedStream.flush` writes the backlog in its caller's task.
+* :meth:`BufferedStream.write_later` queues instead of writing and hands the
+  stream to a :class:`~._coalesce.Coalescer`, which writes the whole queue in
+  one system call a moment later: back-to-back broadcasts use it.
 * ``send_all`` (the :class:`trio.abc.Stream` API that trio-websocket uses) queues
   the same way and waits until its bytes are handed to the kernel.
 
@@ -138,11 +141,13 @@ class BufferedStream(trio.abc.Stream):
                 self._head_partial = True
         self._enqueue(data)
 
-    def write_later(self, data: bytes, coalescer: Coalescer) -> None:
+    def write_later(self, data: bytes, coalescer: Coalescer, most: float) -> None:
         """Queue ``data`` for ``coalescer`` to write with what follows it. Never blocks.
 
-        Raises like :meth:`write_nowait`. A stream without a usable fd writes as
-        :meth:`write_nowait` does (its writer task joins its queue anyway).
+        Once ``most`` bytes are queued they are written at once instead, so
+        gathering never holds much. Raises like :meth:`write_nowait`. A stream
+        without a usable fd writes as :meth:`write_nowait` does (its writer task
+        joins its queue anyway).
         """
         if self.closed:
             self._raise_closed()
@@ -154,12 +159,16 @@ class BufferedStream(trio.abc.Stream):
         self.buffered += size
         self._queued_total += size
         self._busy = True
-        if not self._gathered and not self._writer_running:
+        if self._writer_running:
+            return  # the writer task takes it with the rest
+        if self.buffered >= most:
+            self.write_gathered()
+        elif not self._gathered:
             self._gathered = True
             coalescer.mark(self)
 
     def write_gathered(self) -> None:
-        """The coalescer's turn: write the whole queue in one system call (see :meth:`write_later`)."""
+        """The coalescer's turn: write the whole queue in one system call."""
         self._gathered = False
         queue = self._queue
         if self.closed or self._writer_running or not queue or self._fd is None:
