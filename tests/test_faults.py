@@ -26,11 +26,16 @@ from trio_wsmgr import (
     WebSocketManager,
     WebSocketPool,
 )
+from trio_wsmgr.server._coalesce import TASK_NAME as COALESCER
 
 
 def task_count() -> int:
+    """Tasks in this run, but for the write coalescer: one per run, started on first use."""
+
     def count(task: Any) -> int:
-        return 1 + sum(count(t) for n in task.child_nurseries for t in n.child_tasks)
+        return int(task.name != COALESCER) + sum(
+            count(t) for n in task.child_nurseries for t in n.child_tasks
+        )
 
     return count(trio.lowlevel.current_root_task())
 

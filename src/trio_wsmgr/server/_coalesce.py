@@ -32,9 +32,11 @@ from typing import Protocol
 
 import trio
 
-__all__ = ["Coalescer", "coalescer"]
+__all__ = ["TASK_NAME", "Coalescer", "coalescer"]
 
 logger = logging.getLogger("trio_wsmgr")
+#: the name of the coalescer's task (one per trio run, a system task)
+TASK_NAME = "trio_wsmgr write coalescer"
 
 
 class Gathered(Protocol):
@@ -73,7 +75,7 @@ class Coalescer:
             trio.lowlevel.reschedule(parked)
         elif not self._started:
             try:
-                trio.lowlevel.spawn_system_task(self._run, name="trio_wsmgr write coalescer")
+                trio.lowlevel.spawn_system_task(self._run, name=TASK_NAME)
             except RuntimeError:  # the run is shutting down: no task to wait for
                 self._write_marked()
             else:

@@ -53,12 +53,12 @@ class SocketContext:
     __slots__ = (
         "close_timeout",
         "counters",
+        "gather_most",
         "heartbeat_interval",
         "heartbeat_timeout",
         "max_incoming_queue",
         "max_messages_per_second",
         "receive_buffer_size",
-        "gather_most",
         "send_buffer_size",
         "slow_consumer_timeout",
         "unregister",

@@ -350,23 +350,8 @@ class ManagedSocket:
 
     def _put(self, outgoing: Outgoing) -> None:
         """Frame and write one message (room already checked). Synchronous."""
-        frame = outgoing.frame_for(self._compressor)
-        if self._stream.close_frame_sent:  # a close frame went out: no data after it
-            self._note_remote_close()
+        if self._offer(outgoing, outgoing.plain_frame(), None) <= 0:
             raise ConnectionClosed(self.close_code, self.close_reason)
-        try:
-            self._stream.write_nowait(frame)
-        except _STREAM_ERRORS as exc:
-            self._note_remote_close()
-            raise ConnectionClosed(self.close_code, self.close_reason) from exc
-        self._count_out(len(frame))
-
-    def _count_out(self, size: int) -> None:
-        self._messages_out += 1
-        self._bytes_out += size
-        counters = self._context.counters
-        counters.messages_out += 1
-        counters.bytes_out += size
 
     async def _wait_room(self, deadline: float) -> bool:
         """Wait for buffer room until ``deadline``; on timeout close 1008. True if room."""
@@ -413,7 +398,6 @@ class ManagedSocket:
         except _STREAM_ERRORS:
             self._note_remote_close()
             return 0
-        # _count_out inlined: this runs once per socket per broadcast
         size = len(frame)
         self._messages_out += 1
         self._bytes_out += size
