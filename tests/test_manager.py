@@ -787,3 +787,15 @@ async def test_a_connection_ends_with_one_close_code_rule(
     cancelled = trio.CancelScope()
     cancelled.cancel()  # serve or the connection cancelled: the manager's code, whatever ended it
     assert manager._end_code(failure, sock, cancelled)[0] == 1001  # type: ignore[arg-type]
+
+
+def test_an_option_assigned_after_construction_raises_instead_of_being_ignored() -> None:
+    # Admission and the sockets take their options at construction: a later
+    # assignment would silently change nothing, so it is refused.
+    manager = WebSocketManager(allowed_origins=["https://a.example"], max_connections=5)
+    with pytest.raises(AttributeError, match="fixed at construction"):
+        manager.allowed_origins = ("https://b.example",)
+    with pytest.raises(AttributeError, match="max_connections"):
+        manager.max_connections = 10
+    assert manager.allowed_origins == ("https://a.example",)
+    assert manager.max_connections == 5

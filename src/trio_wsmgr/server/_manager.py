@@ -12,7 +12,7 @@ import math
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 import trio
@@ -68,11 +68,23 @@ def _default_compression() -> Compression:
     return Compression(server_no_context_takeover=True)
 
 
-@attrs.define(kw_only=True, eq=False)
+def _fixed(instance: object, attribute: attrs.Attribute[Any], value: object) -> NoReturn:
+    raise AttributeError(
+        f"{type(instance).__name__}.{attribute.name} is fixed at construction "
+        "(the sockets and admission already use it): make a new manager to change it"
+    )
+
+
+#: the manager's own state, which changes after construction (its options do not)
+_state = attrs.setters.NO_OP
+
+
+@attrs.define(kw_only=True, eq=False, on_setattr=_fixed)
 class WebSocketManager:
     """Accepts, tracks and closes the server side of WebSocket connections.
 
-    Every option is keyword-only and validated here; ``math.inf`` means "never"
+    Every option is keyword-only, validated here and fixed from then on
+    (assigning one raises :exc:`AttributeError`); ``math.inf`` means "never"
     or "no limit". See :doc:`/reference/manager` for each option's meaning and
     :doc:`/topics/security` for every limit and close code.
     """
@@ -98,20 +110,26 @@ class WebSocketManager:
     max_messages_per_second: float = attrs.field(default=math.inf, validator=rate)
     receive_buffer_size: int = attrs.field(default=16 * 1024, validator=count(1))
 
-    _registry: Registry[ManagedSocket] = attrs.field(init=False, repr=False, factory=Registry)
-    _closing: bool = attrs.field(init=False, repr=False, default=False)
-    _connection_scopes: set[trio.CancelScope] = attrs.field(init=False, repr=False, factory=set)
-    _listener_scopes: set[trio.CancelScope] = attrs.field(init=False, repr=False, factory=set)
+    _registry: Registry[ManagedSocket] = attrs.field(
+        on_setattr=_state, init=False, repr=False, factory=Registry
+    )
+    _closing: bool = attrs.field(on_setattr=_state, init=False, repr=False, default=False)
+    _connection_scopes: set[trio.CancelScope] = attrs.field(
+        on_setattr=_state, init=False, repr=False, factory=set
+    )
+    _listener_scopes: set[trio.CancelScope] = attrs.field(
+        on_setattr=_state, init=False, repr=False, factory=set
+    )
     _idle: trio.lowlevel.ParkingLot = attrs.field(
-        init=False, repr=False, factory=trio.lowlevel.ParkingLot
+        on_setattr=_state, init=False, repr=False, factory=trio.lowlevel.ParkingLot
     )
     _close_code: tuple[int, str] = attrs.field(
-        init=False, repr=False, default=(CloseCode.GOING_AWAY, "")
+        on_setattr=_state, init=False, repr=False, default=(CloseCode.GOING_AWAY, "")
     )
-    _grace_over: bool = attrs.field(init=False, repr=False, default=False)
-    _counters: Counters = attrs.field(init=False, repr=False, factory=Counters)
-    _context: SocketContext = attrs.field(init=False, repr=False)
-    _admission: Admission = attrs.field(init=False, repr=False)
+    _grace_over: bool = attrs.field(on_setattr=_state, init=False, repr=False, default=False)
+    _counters: Counters = attrs.field(on_setattr=_state, init=False, repr=False, factory=Counters)
+    _context: SocketContext = attrs.field(on_setattr=_state, init=False, repr=False)
+    _admission: Admission = attrs.field(on_setattr=_state, init=False, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if isinstance(self.max_message_size, float):
