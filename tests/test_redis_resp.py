@@ -9,7 +9,14 @@ from __future__ import annotations
 import pytest
 
 from redis_cluster import RedisCluster
-from trio_wsmgr.broadcast._redis_resp import Parser, Push, ServerError, encode, key_slot
+from trio_wsmgr.broadcast._redis_resp import (
+    Credentials,
+    Parser,
+    Push,
+    ServerError,
+    encode,
+    key_slot,
+)
 from trio_wsmgr.broadcast._redis_topology import Topology, plan
 
 
@@ -77,3 +84,9 @@ def test_key_slot_agrees_with_redis(redis_cluster: RedisCluster) -> None:
     assert node is not None
     for key in ["trio_wsmgr:lobby", "room:1", "{user1000}.following", "a{}b", "{}x", "é"]:
         assert key_slot(key.encode()) == node.command("CLUSTER", "KEYSLOT", key), key
+
+
+def test_credentials_never_show_the_password_in_their_repr() -> None:
+    shown = repr(Credentials(username="app", password="s3cret"))
+    assert "s3cret" not in shown
+    assert "app" in shown

@@ -159,7 +159,7 @@ class Credentials:
     """How to reach and log in to a node: shared by every node of a cluster."""
 
     username: str | None = None
-    password: str | None = None
+    password: str | None = attrs.field(default=None, repr=False)  # never in a log line
     tls: bool = False
 
 
