@@ -7,7 +7,8 @@ Every client counts the broadcast sequence numbers it receives. At the end:
 * connections held during the run (every sample);
 * messages delivered per healthy client vs. messages sent (must be equal: no gap,
   no duplicate, in order);
-* server memory (RSS) after everyone connected and at the end (must be flat);
+* the server's live memory blocks half way and at the end of the load, each read
+  at a settled instant (must be flat; RSS is reported beside them);
 * open file descriptors and trio tasks after everyone left (back to baseline).
 
 Usage::
@@ -16,6 +17,8 @@ Usage::
     python bench/soak.py --quick            # 300 connections, 20 s: what CI runs
 
 Writes ``bench/results/soak.json`` (or ``--output``) and prints a summary.
+``--trace-allocations FRAMES`` adds, per pair of judged points, the allocation
+sites whose live blocks changed most (tracemalloc; slows the server down).
 Traffic goes to 127.0.0.1 only; everything stops by itself.
 """
 
@@ -24,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import itertools
 import json
 import math
 import os
@@ -152,6 +156,34 @@ async def _drained(manager: Any, what: str) -> None:
         await trio.sleep(0.05)
 
 
+async def _live_blocks(manager: Any, what: str) -> int:
+    """The interpreter's live memory blocks at a settled instant (what "flat" is judged on).
+
+    Settled: no socket has bytes queued (see :func:`_drained`), every task is
+    blocked (:func:`trio.testing.wait_all_tasks_blocked`) and a collection just
+    ran. Read at any other instant, the count also holds what the tasks woken
+    in the same scheduler batch carry until they run: a reader whose heartbeat
+    deadline has just expired holds its pending ``Cancelled`` (with traceback,
+    outcome and closure, about ten blocks) until its turn. On a loaded machine
+    one batch gathers many of them, so a count taken inside it was hundreds of
+    blocks above one taken a moment later, which made "flat" a coin toss.
+    Fails if the tasks do not all block within 30 s.
+    """
+    import trio
+    import trio.testing
+
+    while True:
+        await _drained(manager, what)
+        with trio.move_on_after(30) as waited:
+            await trio.testing.wait_all_tasks_blocked()
+        if waited.cancelled_caught:
+            raise RuntimeError(f"{what}: the tasks never all blocked within 30 s")
+        if not sum(sock.statistics().send_buffer_bytes for sock in manager.sockets()):
+            break
+    gc.collect()
+    return sys.getallocatedblocks()
+
+
 async def _settled(baseline: dict[str, int]) -> None:
     """Wait until fds and tasks are back to ``baseline``, or stop changing for 30 s.
 
@@ -198,6 +230,7 @@ async def _server_main(args: argparse.Namespace) -> dict[str, Any]:
         "rate_per_s": args.rate,
         "heartbeat_s": args.heartbeat,
     }
+    traced = _Traced(args.trace_allocations)
     async with trio.open_nursery() as nursery:
         server = await nursery.start(manager.serve, handler, "127.0.0.1", 0)
         gc.collect()
@@ -228,13 +261,13 @@ async def _server_main(args: argparse.Namespace) -> dict[str, Any]:
         with trio.fail_after(60):
             while manager.get_active_connections() < args.connections:
                 await trio.sleep(0.05)
-        await _drained(manager, "after connect")
-        gc.collect()
+        blocks = await _live_blocks(manager, "after connect")
         report["after_connect"] = {
             "rss_kib": _rss_kib(),
             "tasks": _trio_tasks(),
-            "blocks": sys.getallocatedblocks(),
+            "blocks": blocks,
         }
+        traced.snapshot("after_connect")
         samples: list[int] = []
         rss_samples: list[tuple[float, int]] = []
         next_rss = 0.0
@@ -253,17 +286,19 @@ async def _server_main(args: argparse.Namespace) -> dict[str, Any]:
                 rss_samples.append((round(now - start, 1), _rss_kib()))
                 next_rss += args.duration / 20
             if "halfway" not in report and now - start >= args.duration / 2:
-                await _drained(manager, "halfway")  # judged like the end: nothing queued
-                gc.collect()
+                blocks = await _live_blocks(manager, "halfway")  # judged like the end
                 report["halfway"] = {
                     "rss_kib": _rss_kib(),
-                    "blocks": sys.getallocatedblocks(),
+                    "blocks": blocks,
                     "t_s": round(now - start, 1),
                 }
+                traced.snapshot("halfway")
             await trio.sleep_until(start + sent * interval)
-        await _drained(manager, "end of load")
-        gc.collect()
-        report["end_of_load"] = {"rss_kib": _rss_kib(), "blocks": sys.getallocatedblocks()}
+        blocks = await _live_blocks(manager, "end of load")
+        report["end_of_load"] = {"rss_kib": _rss_kib(), "blocks": blocks}
+        traced.snapshot("end_of_load")
+        if traced.enabled:
+            report["allocations"] = traced.compare()
         report["rss_samples_kib"] = rss_samples
         await manager.broadcast("end")
         done = json.loads(await lines.__anext__())
@@ -318,6 +353,61 @@ async def _server_main(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+class _Traced:
+    """``--trace-allocations N``: where the live blocks of the judged points come from.
+
+    tracemalloc runs from the start (tracebacks of N frames). At each judged
+    point, right after its block count was read, a snapshot is written to a
+    temporary file and dropped, so no snapshot is alive when the next count is
+    read. At the end the report gets, for each pair of points, the allocation
+    sites whose live block count changed most.
+    """
+
+    def __init__(self, frames: int) -> None:
+        self.enabled = frames > 0
+        self.files: dict[str, Path] = {}
+        if self.enabled:
+            import tempfile
+            import tracemalloc
+
+            self.directory = Path(tempfile.mkdtemp(prefix="soak-trace-"))
+            tracemalloc.start(frames)
+
+    def snapshot(self, name: str) -> None:
+        if self.enabled:
+            import tracemalloc
+
+            path = self.directory / f"{name}.snapshot"
+            tracemalloc.take_snapshot().dump(str(path))
+            self.files[name] = path
+
+    def compare(self, top: int = 25) -> dict[str, list[dict[str, Any]]]:
+        import shutil
+        import tracemalloc
+
+        own = [tracemalloc.Filter(False, tracemalloc.__file__)]
+        names = list(self.files)
+        out: dict[str, list[dict[str, Any]]] = {}
+        for before, after in itertools.pairwise(names):
+            old, new = (
+                tracemalloc.Snapshot.load(str(self.files[n])).filter_traces(own)
+                for n in (before, after)
+            )
+            stats = new.compare_to(old, "traceback")
+            stats.sort(key=lambda stat: abs(stat.count_diff), reverse=True)
+            out[f"{before}->{after}"] = [
+                {
+                    "blocks": stat.count_diff,
+                    "bytes": stat.size_diff,
+                    "traceback": stat.traceback.format(most_recent_first=True),
+                }
+                for stat in stats[:top]
+                if stat.count_diff
+            ]
+        shutil.rmtree(self.directory)
+        return out
+
+
 async def _lines_impl(stream: Any) -> Any:
     buffer = b""
     while True:
@@ -344,6 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="300 connections for 20 s")
     parser.add_argument("--output", type=Path, default=RESULTS / "soak.json")
+    parser.add_argument(
+        "--trace-allocations",
+        type=int,
+        default=0,
+        metavar="FRAMES",
+        help="compare tracemalloc snapshots (tracebacks of FRAMES frames) across the run",
+    )
     args = parser.parse_args(argv)
     if args.role == "client":
         client(args)
