@@ -32,11 +32,16 @@ def test_a_fresh_coalescer_lets_a_broadcast_write_at_once() -> None:
     assert not Coalescer().gather(0.0)
 
 
-def test_broadcasts_closer_together_than_a_write_out_lasts_are_gathered() -> None:
+def test_a_broadcast_right_after_a_write_out_is_gathered() -> None:
     rule = Coalescer()
     rule.wrote(10.0, 10.004)  # a fan-out took 4 ms to write
-    assert rule.gather(10.005)  # the next one came 1 ms after it ended: back to back
-    assert not rule.gather(10.009)  # 5 ms after: the producer is paced, write at once
+    assert rule.gather(10.0043)  # the next came 0.3 ms after it ended: back to back
+
+
+def test_a_paced_producer_writes_at_once_even_when_it_keeps_the_server_busy() -> None:
+    rule = Coalescer()
+    rule.wrote(10.0, 10.006)  # 6 ms to write, every 10 ms: busy 60 % of the time
+    assert not rule.gather(10.010)  # gathering one message per socket would only add work
 
 
 def test_a_fan_out_that_took_no_time_never_makes_the_next_one_wait() -> None:
