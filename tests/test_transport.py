@@ -626,3 +626,27 @@ async def test_a_write_cancelled_half_way_breaks_the_stream_so_nothing_follows_i
     stream.flush_on_close = True
     await stream.aclose()  # no last frame after a cut one
     await client.aclose()
+
+
+async def test_send_all_waits_for_its_own_bytes_after_an_earlier_backlog_drained() -> None:
+    """Once a backlog is written out the send path starts counting afresh; waits stay exact."""
+    async with tcp_pair() as (stream, client), trio.open_nursery() as nursery:
+        stream.attach(nursery)
+        for round_ in range(3):
+            filler = fill_kernel(stream)
+            stream.write_nowait(frame(2 * round_))  # queued behind the full kernel buffer
+            done = trio.Event()
+
+            async def sender(i: int = 2 * round_ + 1, finished: trio.Event = done) -> None:
+                await stream.send_all(frame(i))
+                finished.set()
+
+            nursery.start_soon(sender)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not done.is_set()  # the peer reads nothing: its bytes are still queued
+            with trio.fail_after(10):
+                await read_exactly(client, filler)
+                assert await read_exactly(client, 128) == frame(2 * round_) + frame(2 * round_ + 1)
+                await done.wait()
+            assert stream.buffered == 0
+        nursery.cancel_scope.cancel()

@@ -72,6 +72,7 @@ class BufferedStream(trio.abc.Stream):
         "_nursery",
         "_queue",
         "_queued_total",
+        "_senders",
         "_unread",
         "_writer_running",
         "_writer_scope",
@@ -98,7 +99,8 @@ class BufferedStream(trio.abc.Stream):
         self._writing = False
         self._head_partial = False  # the queue's head is the tail of a half-written frame
         self._queued_total = 0  # running totals of bytes queued / written or dropped,
-        self._flushed_total = 0  # for send_all's "until flushed"
+        self._flushed_total = 0  # for send_all's "until flushed" (back to 0 when idle)
+        self._senders = 0  # send_all calls waiting for their bytes (each holds a total)
         self._closed = False
         self._broken: BaseException | None = None
         self._nursery: trio.Nursery | None = None  # where to start a writer on demand
@@ -183,8 +185,7 @@ class BufferedStream(trio.abc.Stream):
             queue.append(data)
             self._fail(exc)
             return
-        self.buffered -= sent
-        self._flushed_total += sent
+        self._count_flushed(sent)
         if sent == len(data):
             self._busy = False
         else:
@@ -230,10 +231,27 @@ class BufferedStream(trio.abc.Stream):
         queue.clear()
         if keep is not None:
             queue.append(keep)
-        self.buffered -= dropped
-        self._flushed_total += dropped  # nobody waits for bytes that will never go out
+        self._count_flushed(dropped)  # nobody waits for bytes that will never go out
         self._wake_flush_waiters()
         return dropped
+
+    def _count_flushed(self, size: int) -> None:
+        """``size`` bytes left the buffer (handed to the kernel, or dropped)."""
+        self.buffered -= size
+        self._flushed_total += size
+        self._rewind_totals()
+
+    def _rewind_totals(self) -> None:
+        """Idle, and no send_all holds a total: both running totals start again from 0.
+
+        They only serve send_all's "until flushed". Past 256 they are int objects of
+        their own (CPython caches only small ones), so without this a connection
+        that once had a backlog kept two objects for it, made whenever that first
+        backlog happened -- the short soak saw 600 blocks (two per socket) appear
+        in its second half when write coalescing first queued there.
+        """
+        if not self.buffered and not self._senders:
+            self._queued_total = self._flushed_total = 0
 
     def _fail(self, exc: BaseException) -> None:
         if self._broken is None:
@@ -321,8 +339,7 @@ class BufferedStream(trio.abc.Stream):
                     raise
                 finally:
                     self._writing = False
-                self.buffered -= len(data)
-                self._flushed_total += len(data)
+                self._count_flushed(len(data))
                 self._wake_flush_waiters()
         except _SEND_ERRORS as exc:
             self._fail(exc)
@@ -354,12 +371,17 @@ class BufferedStream(trio.abc.Stream):
         if self._flushed_total >= target:  # went straight to the kernel
             await trio.lowlevel.checkpoint()
             return
-        while self._flushed_total < target:
-            if self.closed:
-                if self._closed:
-                    raise trio.ClosedResourceError("stream closed while sending")
-                raise trio.BrokenResourceError("send failed") from self._broken
-            await self._flush_waiters().park()
+        self._senders += 1
+        try:
+            while self._flushed_total < target:
+                if self.closed:
+                    if self._closed:
+                        raise trio.ClosedResourceError("stream closed while sending")
+                    raise trio.BrokenResourceError("send failed") from self._broken
+                await self._flush_waiters().park()
+        finally:
+            self._senders -= 1
+            self._rewind_totals()
 
     async def wait_send_all_might_not_block(self) -> None:
         await self.wait_below(1)
