@@ -156,11 +156,7 @@ class BufferedStream(trio.abc.Stream):
         if self._fd is None:
             self._enqueue(data)
             return
-        size = len(data)
-        self._queue.append(data)
-        self.buffered += size
-        self._queued_total += size
-        self._busy = True
+        self._append(data)
         if self._writer_running:
             return  # the writer task takes it with the rest
         if self.buffered >= most:
@@ -196,12 +192,16 @@ class BufferedStream(trio.abc.Stream):
         if sent:
             self._wake_flush_waiters()
 
-    def _enqueue(self, data: bytes) -> None:
+    def _append(self, data: bytes) -> None:
+        """Queue ``data`` behind what is pending (the caller sees that it gets written)."""
         size = len(data)
         self._queue.append(data)
         self.buffered += size
         self._queued_total += size
         self._busy = True
+
+    def _enqueue(self, data: bytes) -> None:
+        self._append(data)
         if self._writer_running or self._gathered:
             return  # a writer task, or the coalescer, writes the queue
         self._start_writer()
