@@ -9,9 +9,10 @@ else (pings, close frames, other sizes) goes through a general frame parser.
 Every read lands in one preallocated buffer. In ``latency`` mode, where each
 read usually holds exactly one frame, that frame is accounted straight from the
 buffer (its sequence number compared as bytes, no copy): the client then costs
-under 4 us per delivery, well below what any server spends, so the latency
-figures measure the server and not the client (at about 10 us per delivery it
-used to saturate its core at 100,000 deliveries/s and set the latency itself).
+4 to 5 us per delivery, about what the raw-send server spends and less than any
+library, and keeps up, so the latency figures measure the server and not the
+client (at about 10 us per delivery it used to saturate its core at 100,000
+deliveries/s and set the latency itself).
 
 Payload layout (64 bytes of text, see ``bench/servers/_common.py``)::
 
