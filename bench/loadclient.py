@@ -207,18 +207,7 @@ class Load:
             # beyond the sequence number, which must be the next one).
             seq = client.count
             if seq < len(SEQS) and rbuf[2:10] == SEQS[seq]:
-                client.count = seq + 1
-                self.total += 1
-                self.last = now
-                seen = self.last_seen
-                if seq >= len(seen):
-                    seen.extend([0.0] * (seq + 1 - len(seen)))
-                seen[seq] = now
-                if seq not in self.sent_at:  # the first client to have it
-                    self.sent_at[seq] = float(rbuf[11:28])
-                    self.first_seen[seq] = now
-                    if not self.first:
-                        self.first = now
+                self.frames(client, rbuf, 0, 1, seq, now)
                 return
         self.consume(client, bytes(self.rview[:n]), now)
 
@@ -237,7 +226,9 @@ class Load:
                 return
         self.parse(client, data, now)
 
-    def frames(self, client: Client, data: bytes, pos: int, k: int, first: int, now: float) -> None:
+    def frames(
+        self, client: Client, data: bytes | bytearray, pos: int, k: int, first: int, now: float
+    ) -> None:
         """Account ``k`` benchmark frames starting at ``data[pos]`` with sequence ``first``."""
         client.count += k
         self.total += k
